@@ -1,0 +1,211 @@
+"""The `stillmotion` command: generate, run, validate, make-tiny-model (DESIGN section 3).
+
+Exit statuses: 0 success; 1 the command could not do its job; 2 usage error; `run` exits 3
+when it finished but some rows failed. Errors a user can fix print one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ROWS_FAILED = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    """A bad argument: exit status 2."""
+
+
+def _positive(name: str, minimum: int = 1):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="hub id or local folder of a Stable Diffusion model in diffusers layout, safetensors only "
+        "(default: $STILLMOTION_MODEL or CompVis/stable-diffusion-v1-4)",
+    )
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="auto: bf16/fp16 on CUDA, fp32 on CPU"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stillmotion",
+        description="Training-free video generation from a single image (or prompt) with Stable Diffusion.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = commands.add_parser(
+        "generate",
+        help="make one video from an image or a source prompt",
+        description="Make one video: BLIP caption, regularized DDIM inversion, guided key frames along the "
+        "prompt schedule, spline frames, MP4. Writes video.mp4, source.png, keyframes/, preview.png and "
+        "metadata.json (last) into --out.",
+    )
+    source = gen.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", metavar="PATH_OR_URL", help="input image (any size; EXIF-oriented, center-cropped)")
+    source.add_argument("--source-prompt", metavar="TEXT", help="synthetic mode: render this prompt as the source")
+    gen.add_argument(
+        "--prompt", action="append", required=True, metavar="TEXT",
+        help="target prompt of one segment; repeat for a schedule (segment i goes from prompt i-1 to prompt i)",
+    )
+    gen.add_argument("--out", required=True, metavar="DIR", help="output folder for this video")
+    gen.add_argument("--caption", help="use this caption instead of BLIP's (real mode)")
+    gen.add_argument("--keyframes", type=_positive("--keyframes"), default=6, help="key frames per segment (6)")
+    gen.add_argument("--frames", type=_positive("--frames"), help="output frames per segment (4 x keyframes)")
+    gen.add_argument("--fps", type=_positive("--fps"), default=8, help="frames per second, 1-120 (8)")
+    gen.add_argument("--seed", type=_positive("--seed", 0), default=0, help="random seed (0)")
+    gen.add_argument("--steps", type=_positive("--steps"), default=50, help="DDIM steps (50)")
+    gen.add_argument("--curve", choices=["log", "linear"], default="log", help="edit-weight curve (log)")
+    gen.add_argument(
+        "--xa-guidance", type=_non_negative_float, help="cross-attention guidance step (0.1 real, 0.15 synthetic)"
+    )
+    gen.add_argument("--cfg-scale", type=_non_negative_float, default=5.0, help="classifier-free guidance (5.0)")
+    gen.add_argument("--batch-size", type=_positive("--batch-size"), default=8, help="key frames per UNet batch (8)")
+    _add_model_options(gen)
+
+    tiny = commands.add_parser(
+        "make-tiny-model",
+        help="write a tiny random SD + BLIP model for offline runs and tests",
+        description="Write a tiny randomly initialised SD pipeline and BLIP captioner in the standard Hugging "
+        "Face layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/, captioner/). "
+        "It makes 64x64 videos of noise-like content: it proves the pipeline runs, not that it looks good.",
+    )
+    tiny.add_argument("dir", metavar="DIR")
+    tiny.add_argument("--seed", type=_positive("--seed", 0), default=0)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+
+
+class StageProgress:
+    """One tqdm bar per stage, on stderr."""
+
+    def __init__(self) -> None:
+        self.stage: str | None = None
+        self.bar = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.stage, self.bar = stage, tqdm(total=total, desc=f"{stage:>9}", unit="step", leave=True)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import fsspec
+
+    from .models import MethodParams, load_stable_diffusion
+    from .outputs import write_video_folder
+    from .single import VideoRequest, generate_video
+
+    try:
+        params = MethodParams(
+            keyframes=args.keyframes, frames=args.frames, fps=args.fps, seed=args.seed, steps=args.steps,
+            curve=args.curve, xa_guidance=args.xa_guidance, cfg_scale=args.cfg_scale, batch_size=args.batch_size,
+        )
+        request = VideoRequest(
+            video_id=Path(args.out).name or "video", prompts=tuple(args.prompt), params=params,
+            image=args.image, source_prompt=args.source_prompt, caption=args.caption,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if args.image is not None:  # fail on a bad input before loading any model
+        from .models import fit_image, open_image
+        from .single import read_bytes
+
+        fit_image(open_image(read_bytes(args.image)), 8)
+    sd = load_stable_diffusion(args.model, device=args.device, dtype=args.dtype)
+    progress = StageProgress()
+    try:
+        files, metadata = generate_video(sd, request, progress)
+    finally:
+        progress.close()
+    out = Path(args.out).resolve()
+    write_video_folder(fsspec.filesystem("file"), str(out), files, metadata)
+    print(f"wrote {metadata['frame_count']} frames at {metadata['fps']} fps: {out / 'video.mp4'}")
+    print(f"caption: {metadata['caption']}")
+    return EXIT_OK
+
+
+def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from .models.tiny import make_tiny_model
+
+    path = make_tiny_model(args.dir, seed=args.seed)
+    print(f"wrote a tiny random model to {path} (use it with --model {path})")
+    return EXIT_OK
+
+
+COMMANDS = {"generate": cmd_generate, "make-tiny-model": cmd_make_tiny_model}
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the user can fix this": one line, no traceback."""
+    from .models import ImageError, ModelNotAvailable
+    from .video import EncodeError
+
+    return (ImageError, ModelNotAvailable, EncodeError, FileNotFoundError, PermissionError, json.JSONDecodeError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as error:
+        print(f"stillmotion {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("stillmotion: interrupted", file=sys.stderr)
+        return 130
+    except user_errors() as error:
+        print(f"stillmotion {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

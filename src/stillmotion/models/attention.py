@@ -1,0 +1,97 @@
+"""Cross-attention (attn2) processors that record reference maps or score guidance against them.
+
+Installed with `unet.set_attn_processor` for the attn2 layers only; self-attention (attn1) keeps
+its fast SDPA processor, and attn2 itself runs on SDPA whenever the store is "off", so attention
+probabilities are materialised only when they are recorded or compared.
+
+    with attention_store(unet) as store:
+        store.mode = "record"; unet(...)   # store.reference[name]: (2 * heads, HW, tokens)
+        store.mode = "guide"; unet(...)    # store.loss: summed over frames, see CrossAttnMapsProcessor
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+
+class AttentionStore:
+    """State shared by the attn2 processors during one UNet call."""
+
+    def __init__(self) -> None:
+        self.mode: Literal["off", "record", "guide"] = "off"
+        self.reference: dict[str, torch.Tensor] = {}  # layer name -> (2 * heads, HW, tokens)
+        self.loss: torch.Tensor | float = 0.0
+        self.maps: dict[str, torch.Tensor] = {}  # filled in "guide" mode when keep_maps is set
+        self.keep_maps = False
+
+    def add_guidance_loss(self, name: str, probs: torch.Tensor, heads: int) -> None:
+        """Add sum_frames mean_(cfg half, head) sum_(pixel, token) (A - A_ref)^2 for one layer.
+
+        The guided batch is [uncond_1..uncond_K, cond_1..cond_K]; each frame's term equals
+        pix2pix-zero's loss for that frame alone, so summing gives every frame its own gradient.
+        """
+        reference = self.reference[name]
+        pixels, tokens = probs.shape[1:]
+        frames = probs.shape[0] // (2 * heads)
+        probs = probs.float().view(2, frames, heads, pixels, tokens)  # (cfg half, K, heads, HW, T)
+        reference = reference.float().view(2, 1, heads, pixels, tokens)
+        per_frame = (probs - reference).pow(2).sum(dim=(-2, -1)).mean(dim=(0, 2))  # (K,)
+        self.loss = self.loss + per_frame.sum()
+        if self.keep_maps:
+            self.maps[name] = probs.detach()
+
+
+class CrossAttnMapsProcessor:
+    """attn2 processor: SDPA when the store is off, explicit probabilities when recording/guiding."""
+
+    def __init__(self, name: str, store: AttentionStore) -> None:
+        self.name = name
+        self.store = store
+        self.fast = AttnProcessor2_0()
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        if self.store.mode == "off":
+            return self.fast(attn, hidden_states, encoder_hidden_states, attention_mask)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))  # (B * heads, HW, head_dim)
+        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))  # (B * heads, T, head_dim)
+        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+        probs = attn.get_attention_scores(query, key, None)  # (B * heads, HW, T)
+        if self.store.mode == "record":
+            self.store.reference[self.name] = probs.detach()
+        else:
+            self.store.add_guidance_loss(self.name, probs, attn.heads)
+        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))  # (B, HW, heads * head_dim)
+        hidden_states = attn.to_out[0](hidden_states)
+        return attn.to_out[1](hidden_states)
+
+
+@contextmanager
+def attention_store(unet: torch.nn.Module) -> Iterator[AttentionStore]:
+    """Install map-capturing processors on every attn2 layer; restore the originals on exit."""
+    original = dict(unet.attn_processors)
+    store = AttentionStore()
+    processors = {
+        name: CrossAttnMapsProcessor(name, store) if ".attn2." in name else processor
+        for name, processor in original.items()
+    }
+    unet.set_attn_processor(processors)
+    try:
+        yield store
+    finally:
+        unet.set_attn_processor(original)

@@ -1,0 +1,112 @@
+"""Source images: orientation, colour conversion and the fit to the model's size (DESIGN 1.1)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+
+
+class ImageError(ValueError):
+    """An input image that cannot be used (missing, empty, corrupt or not an image)."""
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How a source image was fitted to the model's square input; recorded in the metadata."""
+
+    original_size: tuple[int, int]  # (width, height) after EXIF orientation
+    original_mode: str  # PIL mode before conversion to RGB
+    exif_transposed: bool  # whether the EXIF orientation tag rotated/flipped the image
+    resized_size: tuple[int, int]  # (width, height) after resizing the short side
+    crop_box: tuple[int, int, int, int]  # (left, top, right, bottom) of the center crop
+    size: int  # final side length
+
+    def to_dict(self) -> dict:
+        return {
+            "original_size": list(self.original_size),
+            "original_mode": self.original_mode,
+            "exif_transposed": self.exif_transposed,
+            "resized_size": list(self.resized_size),
+            "crop_box": list(self.crop_box),
+            "size": self.size,
+        }
+
+
+def open_image(data: bytes) -> PIL.Image.Image:
+    """Decode image bytes fully; raises ImageError with a readable reason."""
+    if not data:
+        raise ImageError("image file is empty (0 bytes)")
+    try:
+        image = PIL.Image.open(io.BytesIO(data))
+        image.load()
+    except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"cannot decode image: {error}") from None
+    if image.width < 1 or image.height < 1:
+        raise ImageError(f"image has no pixels ({image.width}x{image.height})")
+    return image
+
+
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """Any PIL mode to 8-bit RGB: alpha over white, 16-bit scaled to 8-bit, CMYK/L/P converted."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.clip(np.round(array / top * 255.0), 0, 255).astype(np.uint8)
+        image = PIL.Image.fromarray(array, mode="L")
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        top = 1.0 if array.max() <= 1.0 else 255.0
+        image = PIL.Image.fromarray(np.clip(np.round(array / top * 255), 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = PIL.Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def fit_image(image: PIL.Image.Image, size: int) -> tuple[PIL.Image.Image, Fit]:
+    """EXIF-orient, convert to RGB, resize the short side to `size` and center-crop a square."""
+    # 1. orientation
+    transposed = _orientation(image) not in (0, 1)
+    oriented = PIL.ImageOps.exif_transpose(image)
+    mode = image.mode
+    rgb = to_rgb(oriented)
+    # 2. resize the short side (keeping the aspect ratio, at least 1 pixel on the long side)
+    width, height = rgb.size
+    scale = size / min(width, height)
+    resized_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+    resized = rgb.resize(resized_size, PIL.Image.Resampling.LANCZOS)
+    # 3. center crop
+    left = (resized_size[0] - size) // 2
+    top = (resized_size[1] - size) // 2
+    box = (left, top, left + size, top + size)
+    fitted = resized.crop(box)
+    fit = Fit((width, height), mode, transposed, resized_size, box, size)
+    return fitted, fit
+
+
+def _orientation(image: PIL.Image.Image) -> int:
+    try:
+        return int(image.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block means "no orientation"
+        return 1
+
+
+def pil_to_tensor(image: PIL.Image.Image):
+    """RGB PIL image to a (1, 3, H, W) float tensor in [-1, 1], as the SD VAE expects."""
+    import torch
+
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0  # (H, W, 3)
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def tensor_to_pil(images) -> list[PIL.Image.Image]:
+    """(B, 3, H, W) tensor in [-1, 1] to a list of RGB PIL images."""
+    array = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to("cpu").numpy().astype(np.uint8)
+    return [PIL.Image.fromarray(frame.transpose(1, 2, 0)) for frame in array]

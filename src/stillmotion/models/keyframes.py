@@ -1,0 +1,123 @@
+"""Key frames: edited text embeddings denoised from x_T under cross-attention guidance, as one batch.
+
+One denoising loop serves the whole video. At every step the reference pass (x_T denoised with
+the caption) records the attn2 maps of that step, then every key frame takes one guided step
+against them (pix2pix-zero's per-step recipe), so reference maps exist for one step at a time,
+on the device, whatever K is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from diffusers import DDIMScheduler
+
+from .attention import AttentionStore, attention_store
+from .params import Curve
+
+
+def edit_weights(keyframes: int, curve: Curve = "log") -> list[float]:
+    """w_k for k = 1..K: the seed's ln(1 + k(e-1)/K) (w_K = 1), or k/K."""
+    if curve == "log":
+        return [math.log(1 + k * (math.e - 1) / keyframes) for k in range(1, keyframes + 1)]
+    if curve == "linear":
+        return [k / keyframes for k in range(1, keyframes + 1)]
+    raise ValueError(f"unknown curve {curve!r}")
+
+
+def keyframe_embeddings(
+    caption_embeds: torch.Tensor, prompt_embeds: torch.Tensor, keyframes: int, curve: Curve = "log"
+) -> torch.Tensor:
+    """E(caption) + d_{i-1} + w_k (d_i - d_{i-1}) for every segment i and key frame k.
+
+    caption_embeds (1, T, D), prompt_embeds (S, T, D) -> (S * K, T, D), segment-major.
+    """
+    directions = prompt_embeds - caption_embeds  # d_i, (S, T, D)
+    previous = torch.cat([torch.zeros_like(directions[:1]), directions[:-1]])  # d_{i-1}, d_0 = 0
+    weights = torch.tensor(edit_weights(keyframes, curve), dtype=directions.dtype, device=directions.device)
+    step = (directions - previous)[:, None]  # (S, 1, T, D)
+    embeds = caption_embeds + previous[:, None] + weights[None, :, None, None] * step  # (S, K, T, D)
+    return embeds.reshape(-1, *caption_embeds.shape[1:])
+
+
+def classifier_free_guidance(noise: torch.Tensor, scale: float) -> torch.Tensor:
+    """(2B, ...) [uncond; cond] noise predictions to eps_u + s (eps_c - eps_u)."""
+    uncond, cond = noise.chunk(2)
+    return uncond + scale * (cond - uncond)
+
+
+def guided_step(
+    unet: torch.nn.Module,
+    scheduler: DDIMScheduler,
+    store: AttentionStore,
+    latents: torch.Tensor,
+    t: torch.Tensor,
+    negative_embeds: torch.Tensor,
+    edited_embeds: torch.Tensor,
+    cfg_scale: float,
+    xa_guidance: float,
+) -> torch.Tensor:
+    """One pix2pix-zero editing step for B key frames at once; `store.reference` holds step t's maps.
+
+    latents (B, C, h, w) fp32; edited_embeds (B, T, D); negative_embeds (1, T, D).
+    """
+    frames = latents.shape[0]
+    embeds = torch.cat([negative_embeds.expand(frames, -1, -1), edited_embeds]).to(unet.dtype)  # (2B, T, D)
+    x_in = torch.cat([latents, latents])  # (2B, C, h, w): [uncond copies; cond copies]
+    if xa_guidance > 0:
+        # 1. move each copy one SGD step down its own attention-map loss (frames' losses are summed)
+        x_in = x_in.detach().requires_grad_(True)
+        store.mode, store.loss = "guide", 0.0
+        with torch.enable_grad():
+            unet(x_in.to(unet.dtype), t, encoder_hidden_states=embeds)
+            (grad,) = torch.autograd.grad(store.loss, x_in)
+        x_in = (x_in - xa_guidance * grad).detach()
+    # 2. recompute the noise at the moved copies, combine with CFG, advance the uncond copy
+    store.mode = "off"
+    noise = unet(x_in.to(unet.dtype), t, encoder_hidden_states=embeds).sample.float()
+    noise = classifier_free_guidance(noise, cfg_scale)
+    return scheduler.step(noise, t, x_in.chunk(2)[0]).prev_sample
+
+
+@torch.no_grad()
+def guided_keyframes(
+    unet: torch.nn.Module,
+    scheduler_config: dict,
+    inverted_noise: torch.Tensor,
+    caption_embeds: torch.Tensor,
+    negative_embeds: torch.Tensor,
+    keyframe_embeds: torch.Tensor,
+    steps: int,
+    cfg_scale: float,
+    xa_guidance: float,
+    batch_size: int = 8,
+    callback: Callable[[int, int], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Denoise the reference (source frame) and every key frame from x_T in one loop.
+
+    inverted_noise (1, C, h, w) fp32; caption/negative embeds (1, T, D); keyframe_embeds (F, T, D).
+    Returns (source latent (1, C, h, w), key-frame latents (F, C, h, w)), both fp32.
+    """
+    # 1. prepare timesteps and the per-chunk state
+    scheduler = DDIMScheduler.from_config(scheduler_config)
+    scheduler.set_timesteps(steps, device=inverted_noise.device)
+    reference_embeds = torch.cat([negative_embeds, caption_embeds]).to(unet.dtype)  # (2, T, D)
+    chunks = list(keyframe_embeds.split(batch_size))
+    source = inverted_noise.clone()
+    latents = [inverted_noise.expand(len(chunk), -1, -1, -1).clone() for chunk in chunks]
+    # 2. denoising loop: reference pass, then a guided step for each chunk of key frames
+    with attention_store(unet) as store:
+        for i, t in enumerate(scheduler.timesteps):
+            store.mode = "record"
+            noise = unet(torch.cat([source] * 2).to(unet.dtype), t, encoder_hidden_states=reference_embeds)
+            source = scheduler.step(classifier_free_guidance(noise.sample.float(), cfg_scale), t, source).prev_sample
+            for j, chunk in enumerate(chunks):
+                latents[j] = guided_step(
+                    unet, scheduler, store, latents[j], t, negative_embeds, chunk, cfg_scale, xa_guidance
+                )
+            store.reference.clear()
+            if callback is not None:
+                callback(i + 1, steps)
+    return source, torch.cat(latents)

@@ -1,0 +1,168 @@
+"""Loading Stable Diffusion and BLIP from a hub id or a local folder (safetensors only).
+
+    sd = load_stable_diffusion("CompVis/stable-diffusion-v1-4", device="auto", dtype="auto")
+    captioner = load_captioner(sd.path, device=sd.device)
+
+Hub ids resolve to a local snapshot first (so `HF_HUB_OFFLINE=1` fails at once with a clear
+message when the weights are not cached); everything then loads from that folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
+DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
+
+_WEIGHT_IGNORE = ["*.bin", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.pb", "*fp16*", "*non_ema*", "*.md"]
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class ModelNotAvailable(RuntimeError):
+    """The requested weights cannot be found locally and cannot be downloaded."""
+
+
+def default_model() -> str:
+    return os.environ.get("STILLMOTION_MODEL", DEFAULT_MODEL)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` is CUDA when present, else the CPU; anything else is passed to torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on CUDA (fp16 where bf16 is unsupported) and fp32 on the CPU."""
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def resolve_model(model: str) -> tuple[Path, str]:
+    """A model id or folder to (local folder, revision): the hub commit, or a content fingerprint."""
+    if Path(model).expanduser().is_dir():
+        path = Path(model).expanduser().resolve()
+        return path, "local-" + fingerprint_folder(path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(snapshot_download(model, ignore_patterns=_WEIGHT_IGNORE))
+    except Exception as error:  # noqa: BLE001 - the hub raises many kinds; all mean "not available"
+        raise ModelNotAvailable(
+            f"model {model!r} is not a local folder and could not be fetched from the Hugging Face Hub "
+            f"({type(error).__name__}). Offline, pass --model with a local folder "
+            f"(`stillmotion make-tiny-model DIR` writes a tiny one)."
+        ) from None
+    return path, path.name  # the snapshot folder is named by its commit hash
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def fingerprint_folder(path: Path) -> str:
+    """A short hash of a model folder's config and weight files (contents, not paths or times)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in {".json", ".txt", ".safetensors"})
+    memo = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    if memo not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 22), b""):  # noqa: B023
+                    digest.update(block)
+        _FINGERPRINTS[memo] = digest.hexdigest()[:16]
+    return _FINGERPRINTS[memo]
+
+
+@dataclass
+class StableDiffusion:
+    """The separate components of a Stable Diffusion model, frozen, on one device in one dtype."""
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler_config: dict  # DDIM and DDIM-inverse schedulers are built from it per call
+    model_id: str
+    revision: str
+    path: Path
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def image_size(self) -> int:
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def load_stable_diffusion(model: str | None = None, device: str = "auto", dtype: str = "auto") -> StableDiffusion:
+    """Load UNet, VAE, CLIP text encoder, tokenizer and scheduler config from safetensors."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    model = model or default_model()
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    path, revision = resolve_model(model)
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if not (path / part).is_dir():
+            raise ModelNotAvailable(f"model folder {path} has no {part}/ (is it a Stable Diffusion model?)")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", use_safetensors=True, dtype=torch_dtype)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", use_safetensors=True, dtype=torch_dtype)
+        text_encoder = CLIPTextModel.from_pretrained(
+            path, subfolder="text_encoder", use_safetensors=True, dtype=torch_dtype
+        )
+    except OSError as error:
+        raise ModelNotAvailable(f"cannot load safetensors weights from {path}: {error}") from None
+    tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+    scheduler_config = dict(DDIMScheduler.load_config(path, subfolder="scheduler"))
+    for module in (unet, vae, text_encoder):
+        module.requires_grad_(False).eval().to(torch_device)
+    return StableDiffusion(
+        unet, vae, text_encoder, tokenizer, scheduler_config, model, revision, path, torch_device, torch_dtype
+    )
+
+
+@dataclass
+class Captioner:
+    """A BLIP captioning model and its processor."""
+
+    model: torch.nn.Module
+    processor: object
+    model_id: str
+    revision: str
+
+
+def load_captioner(sd_path: Path | str | None = None, device: torch.device | str = "cpu") -> Captioner:
+    """BLIP from `<model folder>/captioner/` when it exists, else the hub's blip-image-captioning-base."""
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    local = Path(sd_path) / "captioner" if sd_path is not None else None
+    model_id = str(local) if local is not None and local.is_dir() else DEFAULT_CAPTIONER
+    path, revision = resolve_model(model_id)
+    try:
+        model = BlipForConditionalGeneration.from_pretrained(path, use_safetensors=True)
+    except OSError as error:
+        raise ModelNotAvailable(f"cannot load BLIP safetensors weights from {path}: {error}") from None
+    processor = BlipProcessor.from_pretrained(path)
+    model.requires_grad_(False).eval().to(device)
+    return Captioner(model, processor, model_id, revision)

@@ -1,0 +1,155 @@
+"""One video from one image (or source prompt): the `stillmotion generate` path, no orchestration."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import fsspec
+import PIL.Image
+
+from . import ALGORITHM_VERSION, __version__
+from .models import (
+    ImageError,
+    MethodParams,
+    StableDiffusion,
+    caption_image,
+    decode_keyframes,
+    fit_image,
+    invert_source,
+    load_captioner,
+    open_image,
+    render_frames,
+    render_keyframes,
+    synthetic_noise,
+)
+from .models.images import tensor_to_pil
+from .outputs import sha256, video_files
+
+# stage name, steps done, steps in all
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class VideoRequest:
+    """What one video is made from: an image or a source prompt, a prompt schedule, parameters."""
+
+    video_id: str
+    prompts: tuple[str, ...]
+    params: MethodParams
+    image: str | None = None  # path or fsspec URL
+    source_prompt: str | None = None  # synthetic mode
+    caption: str | None = None  # overrides BLIP
+
+    def __post_init__(self) -> None:
+        if (self.image is None) == (self.source_prompt is None):
+            raise ValueError("give exactly one of an image or a source prompt")
+        if not self.prompts or any(not p.strip() for p in self.prompts):
+            raise ValueError("the prompt schedule needs at least one non-blank prompt")
+
+    @property
+    def synthetic(self) -> bool:
+        return self.source_prompt is not None
+
+
+def read_bytes(url: str, storage_options: dict | None = None) -> bytes:
+    """The bytes at a path or fsspec URL; a missing file raises ImageError with the path."""
+    try:
+        with fsspec.open(url, "rb", **(storage_options or {})) as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise ImageError(f"image not found: {url}") from None
+    except IsADirectoryError:
+        raise ImageError(f"image path is a directory: {url}") from None
+    except PermissionError:
+        raise ImageError(f"image not readable (permission denied): {url}") from None
+
+
+def load_source(data: bytes, size: int) -> tuple[PIL.Image.Image, dict]:
+    """Decode and fit image bytes; the fit is returned as a metadata dict."""
+    image, fit = fit_image(open_image(data), size)
+    return image, fit.to_dict()
+
+
+def generate_video(
+    sd: StableDiffusion, request: VideoRequest, progress: Progress | None = None
+) -> tuple[dict[str, bytes], dict]:
+    """Run the whole method for one request; returns (files, metadata) ready to be written."""
+    timings: dict[str, float] = {}
+    report = progress or (lambda stage, done, total: None)
+    params = request.params
+
+    def step(stage: str):
+        return lambda done, total: report(stage, done, total)
+
+    # 1. source, caption and x_T
+    start = time.perf_counter()
+    inputs: dict = {"image": request.image, "source_prompt": request.source_prompt}
+    fit = None
+    captioner_meta = None
+    if request.synthetic:
+        caption, caption_source = request.source_prompt, "source_prompt"
+        inverted = synthetic_noise(sd, params.seed)
+    else:
+        data = read_bytes(request.image)
+        inputs["image_sha256"] = sha256(data)
+        image, fit = load_source(data, sd.image_size)
+        timings["load_image"] = time.perf_counter() - start
+        if request.caption:
+            caption, caption_source = request.caption, "user"
+        else:
+            start = time.perf_counter()
+            captioner = load_captioner(sd.path, sd.device)
+            caption, caption_source = caption_image(captioner.model, captioner.processor, image), "blip"
+            captioner_meta = {"id": captioner.model_id, "revision": captioner.revision}
+            timings["caption"] = time.perf_counter() - start
+        start = time.perf_counter()
+        inverted = invert_source(sd, image, caption, params, callback=step("invert"))
+        timings["invert"] = time.perf_counter() - start
+
+    # 2. reference pass and guided key frames, one loop
+    start = time.perf_counter()
+    rendered = render_keyframes(
+        sd, inverted, caption, list(request.prompts), params, request.synthetic, callback=step("keyframes")
+    )
+    timings["keyframes"] = time.perf_counter() - start
+
+    # 3. frames on the spline, decoded; key frames decoded
+    start = time.perf_counter()
+    frames = tensor_to_pil(render_frames(sd, rendered, params))
+    keyframes = tensor_to_pil(decode_keyframes(sd, rendered, params))
+    timings["frames"] = time.perf_counter() - start
+
+    # 4. encode
+    start = time.perf_counter()
+    files = video_files(frames, keyframes, fps=params.fps)
+    timings["encode"] = time.perf_counter() - start
+
+    metadata = {
+        "video_id": request.video_id,
+        "version": __version__,
+        "algorithm_version": ALGORITHM_VERSION,
+        "mode": "synthetic" if request.synthetic else "real",
+        "input": inputs,
+        "caption": caption,
+        "caption_source": caption_source,
+        "prompts": list(request.prompts),
+        "seed": params.seed,
+        "params": params.to_dict(),
+        "xa_guidance_used": params.guidance_for(request.synthetic),
+        "model": {"id": sd.model_id, "revision": sd.revision, "captioner": captioner_meta},
+        "device": str(sd.device),
+        "dtype": str(sd.dtype).removeprefix("torch."),
+        "size": sd.image_size,
+        "frame_count": len(frames),
+        "keyframe_count": len(keyframes),
+        "segments": len(request.prompts),
+        "fps": params.fps,
+        "fit": fit,
+        "timings": {name: round(seconds, 4) for name, seconds in timings.items()},
+        "notes": [f"prompt truncated to the text encoder's 77 tokens: {text!r}" for text in rendered.truncated_prompts],
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return files, metadata

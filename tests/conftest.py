@@ -1,0 +1,23 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from stillmotion.models.loading import load_stable_diffusion  # noqa: E402
+from stillmotion.models.tiny import make_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny SD + BLIP written once per test session by `make_tiny_model`."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def sd(tiny_model_dir):
+    torch.manual_seed(0)
+    return load_stable_diffusion(str(tiny_model_dir), device="cpu", dtype="fp32")
