@@ -84,8 +84,14 @@ def test_one_keyframe_at_weight_one_matches_pix2pix_zero(sd, restore_processors,
     assert (ours - ours_source).abs().max() > 1e-2
     if guidance >= 1:  # and so did the guidance, far beyond the tolerance
         _, unguided = guided_keyframes(
-            sd.unet, sd.scheduler_config, x_t, source_embeds, source_embeds,
-            keyframe_embeddings(source_embeds, target_embeds, keyframes=1), steps=steps, cfg_scale=5.0,
+            sd.unet,
+            sd.scheduler_config,
+            x_t,
+            source_embeds,
+            source_embeds,
+            keyframe_embeddings(source_embeds, target_embeds, keyframes=1),
+            steps=steps,
+            cfg_scale=5.0,
             xa_guidance=0.0,
         )
         assert (ours - unguided).abs().max() > 100 * ATOL
@@ -102,16 +108,24 @@ def test_inversion_matches_pix2pix_zero_invert(sd, restore_processors):
     cond, _ = encode_text(sd.tokenizer, sd.text_encoder, [caption])
     ours = invert(sd.unet, sd.scheduler_config, latents, cond, params, generator, min_roll=0)
 
-    theirs = reference_pipeline(sd).invert(
-        caption, image=image, num_inference_steps=steps, generator=seeded_generator(seed)
-    ).latents
+    theirs = (
+        reference_pipeline(sd)
+        .invert(caption, image=image, num_inference_steps=steps, generator=seeded_generator(seed))
+        .latents
+    )
     torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=1e-4)
 
     # our defaults (latent mean, offsets never 0) are deterministic too, and differ from theirs
     default = MethodParams(steps=steps, seed=seed)
     again = [
-        invert(sd.unet, sd.scheduler_config, encode_latents(sd.vae, pil_to_tensor(image)), cond, default,
-               seeded_generator(seed))
+        invert(
+            sd.unet,
+            sd.scheduler_config,
+            encode_latents(sd.vae, pil_to_tensor(image)),
+            cond,
+            default,
+            seeded_generator(seed),
+        )
         for _ in range(2)
     ]
     torch.testing.assert_close(again[0], again[1], atol=0, rtol=0)

@@ -51,7 +51,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     parser.add_argument(
-        "--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="auto: bf16/fp16 on CUDA, fp32 on CPU"
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="auto: bf16/fp16 on CUDA, fp32 on CPU",
     )
 
 
@@ -70,32 +73,49 @@ def build_parser() -> argparse.ArgumentParser:
         "metadata.json (last) into --out.",
     )
     source = gen.add_mutually_exclusive_group(required=True)
-    source.add_argument("--image", metavar="PATH_OR_URL", help="input image (any size; EXIF-oriented, center-cropped)")
-    source.add_argument("--source-prompt", metavar="TEXT", help="synthetic mode: render this prompt as the source")
+    source.add_argument(
+        "--image", metavar="PATH_OR_URL", help="input image (any size; EXIF-oriented, center-cropped)"
+    )
+    source.add_argument(
+        "--source-prompt", metavar="TEXT", help="synthetic mode: render this prompt as the source"
+    )
     gen.add_argument(
-        "--prompt", action="append", required=True, metavar="TEXT",
-        help="target prompt of one segment; repeat for a schedule (segment i goes from prompt i-1 to prompt i)",
+        "--prompt",
+        action="append",
+        required=True,
+        metavar="TEXT",
+        help="target prompt of one segment; repeat for a schedule "
+        "(segment i goes from prompt i-1 to prompt i)",
     )
     gen.add_argument("--out", required=True, metavar="DIR", help="output folder for this video")
     gen.add_argument("--caption", help="use this caption instead of BLIP's (real mode)")
-    gen.add_argument("--keyframes", type=_positive("--keyframes"), default=6, help="key frames per segment (6)")
+    gen.add_argument(
+        "--keyframes", type=_positive("--keyframes"), default=6, help="key frames per segment (6)"
+    )
     gen.add_argument("--frames", type=_positive("--frames"), help="output frames per segment (4 x keyframes)")
     gen.add_argument("--fps", type=_positive("--fps"), default=8, help="frames per second, 1-120 (8)")
     gen.add_argument("--seed", type=_positive("--seed", 0), default=0, help="random seed (0)")
     gen.add_argument("--steps", type=_positive("--steps"), default=50, help="DDIM steps (50)")
     gen.add_argument("--curve", choices=["log", "linear"], default="log", help="edit-weight curve (log)")
     gen.add_argument(
-        "--xa-guidance", type=_non_negative_float, help="cross-attention guidance step (0.1 real, 0.15 synthetic)"
+        "--xa-guidance",
+        type=_non_negative_float,
+        help="cross-attention guidance step (0.1 real, 0.15 synthetic)",
     )
-    gen.add_argument("--cfg-scale", type=_non_negative_float, default=5.0, help="classifier-free guidance (5.0)")
-    gen.add_argument("--batch-size", type=_positive("--batch-size"), default=8, help="key frames per UNet batch (8)")
+    gen.add_argument(
+        "--cfg-scale", type=_non_negative_float, default=5.0, help="classifier-free guidance (5.0)"
+    )
+    gen.add_argument(
+        "--batch-size", type=_positive("--batch-size"), default=8, help="key frames per UNet batch (8)"
+    )
     _add_model_options(gen)
 
     tiny = commands.add_parser(
         "make-tiny-model",
         help="write a tiny random SD + BLIP model for offline runs and tests",
-        description="Write a tiny randomly initialised SD pipeline and BLIP captioner in the standard Hugging "
-        "Face layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/, captioner/). "
+        description="Write a tiny randomly initialised SD pipeline and BLIP captioner in the standard "
+        "Hugging Face layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/, "
+        "captioner/). "
         "It makes 64x64 videos of noise-like content: it proves the pipeline runs, not that it looks good.",
     )
     tiny.add_argument("dir", metavar="DIR")
@@ -144,12 +164,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     try:
         params = MethodParams(
-            keyframes=args.keyframes, frames=args.frames, fps=args.fps, seed=args.seed, steps=args.steps,
-            curve=args.curve, xa_guidance=args.xa_guidance, cfg_scale=args.cfg_scale, batch_size=args.batch_size,
+            keyframes=args.keyframes,
+            frames=args.frames,
+            fps=args.fps,
+            seed=args.seed,
+            steps=args.steps,
+            curve=args.curve,
+            xa_guidance=args.xa_guidance,
+            cfg_scale=args.cfg_scale,
+            batch_size=args.batch_size,
         )
         request = VideoRequest(
-            video_id=Path(args.out).name or "video", prompts=tuple(args.prompt), params=params,
-            image=args.image, source_prompt=args.source_prompt, caption=args.caption,
+            video_id=Path(args.out).name or "video",
+            prompts=tuple(args.prompt),
+            params=params,
+            image=args.image,
+            source_prompt=args.source_prompt,
+            caption=args.caption,
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -187,7 +218,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .models import ImageError, ModelNotAvailable
     from .video import EncodeError
 
-    return (ImageError, ModelNotAvailable, EncodeError, FileNotFoundError, PermissionError, json.JSONDecodeError)
+    return (
+        ImageError,
+        ModelNotAvailable,
+        EncodeError,
+        FileNotFoundError,
+        PermissionError,
+        json.JSONDecodeError,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

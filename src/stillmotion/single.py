@@ -149,7 +149,10 @@ def generate_video(
         "fps": params.fps,
         "fit": fit,
         "timings": {name: round(seconds, 4) for name, seconds in timings.items()},
-        "notes": [f"prompt truncated to the text encoder's 77 tokens: {text!r}" for text in rendered.truncated_prompts],
+        "notes": [
+            f"prompt truncated to the text encoder's 77 tokens: {text!r}"
+            for text in rendered.truncated_prompts
+        ],
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return files, metadata

@@ -17,7 +17,14 @@ from .loading import (
     resolve_device,
     resolve_dtype,
 )
-from .method import Rendered, decode_keyframes, invert_source, render_frames, render_keyframes, synthetic_noise
+from .method import (
+    Rendered,
+    decode_keyframes,
+    invert_source,
+    render_frames,
+    render_keyframes,
+    synthetic_noise,
+)
 from .params import MethodParams
 
 __all__ = [

@@ -26,8 +26,6 @@ class AttentionStore:
         self.mode: Literal["off", "record", "guide"] = "off"
         self.reference: dict[str, torch.Tensor] = {}  # layer name -> (2 * heads, HW, tokens)
         self.loss: torch.Tensor | float = 0.0
-        self.maps: dict[str, torch.Tensor] = {}  # filled in "guide" mode when keep_maps is set
-        self.keep_maps = False
 
     def add_guidance_loss(self, name: str, probs: torch.Tensor, heads: int) -> None:
         """Add sum_frames mean_(cfg half, head) sum_(pixel, token) (A - A_ref)^2 for one layer.
@@ -42,8 +40,6 @@ class AttentionStore:
         reference = reference.float().view(2, 1, heads, pixels, tokens)
         per_frame = (probs - reference).pow(2).sum(dim=(-2, -1)).mean(dim=(0, 2))  # (K,)
         self.loss = self.loss + per_frame.sum()
-        if self.keep_maps:
-            self.maps[name] = probs.detach()
 
 
 class CrossAttnMapsProcessor:

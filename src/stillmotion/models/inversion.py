@@ -37,7 +37,9 @@ def auto_corr_loss(noise: torch.Tensor, generator: torch.Generator, min_roll: in
             while True:
                 high = level.shape[2] // 2
                 if high <= min_roll:
-                    raise ValueError(f"latents of {level.shape[2]}x{level.shape[3]} are too small to regularize")
+                    raise ValueError(
+                        f"latents of {level.shape[2]}x{level.shape[3]} are too small to regularize"
+                    )
                 roll = int(torch.randint(min_roll, high, (1,), generator=generator).item())
                 loss = loss + (level * torch.roll(level, shifts=roll, dims=2)).mean() ** 2
                 loss = loss + (level * torch.roll(level, shifts=roll, dims=3)).mean() ** 2

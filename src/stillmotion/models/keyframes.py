@@ -48,6 +48,16 @@ def classifier_free_guidance(noise: torch.Tensor, scale: float) -> torch.Tensor:
     return uncond + scale * (cond - uncond)
 
 
+def attention_loss(
+    unet: torch.nn.Module, store: AttentionStore, x_in: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor
+) -> torch.Tensor:
+    """The guidance loss of a [uncond; cond] batch against `store.reference` (summed over frames)."""
+    store.mode, store.loss = "guide", 0.0
+    unet(x_in.to(unet.dtype), t, encoder_hidden_states=embeds)
+    store.mode = "off"
+    return store.loss
+
+
 def guided_step(
     unet: torch.nn.Module,
     scheduler: DDIMScheduler,
@@ -69,13 +79,10 @@ def guided_step(
     if xa_guidance > 0:
         # 1. move each copy one SGD step down its own attention-map loss (frames' losses are summed)
         x_in = x_in.detach().requires_grad_(True)
-        store.mode, store.loss = "guide", 0.0
         with torch.enable_grad():
-            unet(x_in.to(unet.dtype), t, encoder_hidden_states=embeds)
-            (grad,) = torch.autograd.grad(store.loss, x_in)
+            (grad,) = torch.autograd.grad(attention_loss(unet, store, x_in, t, embeds), x_in)
         x_in = (x_in - xa_guidance * grad).detach()
     # 2. recompute the noise at the moved copies, combine with CFG, advance the uncond copy
-    store.mode = "off"
     noise = unet(x_in.to(unet.dtype), t, encoder_hidden_states=embeds).sample.float()
     noise = classifier_free_guidance(noise, cfg_scale)
     return scheduler.step(noise, t, x_in.chunk(2)[0]).prev_sample
@@ -112,7 +119,9 @@ def guided_keyframes(
         for i, t in enumerate(scheduler.timesteps):
             store.mode = "record"
             noise = unet(torch.cat([source] * 2).to(unet.dtype), t, encoder_hidden_states=reference_embeds)
-            source = scheduler.step(classifier_free_guidance(noise.sample.float(), cfg_scale), t, source).prev_sample
+            source = scheduler.step(
+                classifier_free_guidance(noise.sample.float(), cfg_scale), t, source
+            ).prev_sample
             for j, chunk in enumerate(chunks):
                 latents[j] = guided_step(
                     unet, scheduler, store, latents[j], t, negative_embeds, chunk, cfg_scale, xa_guidance

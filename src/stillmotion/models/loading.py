@@ -10,7 +10,6 @@ message when the weights are not cached); everything then loads from that folder
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +75,9 @@ _FINGERPRINTS: dict[tuple, str] = {}
 
 def fingerprint_folder(path: Path) -> str:
     """A short hash of a model folder's config and weight files (contents, not paths or times)."""
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in {".json", ".txt", ".safetensors"})
+    files = sorted(
+        p for p in path.rglob("*") if p.is_file() and p.suffix in {".json", ".txt", ".safetensors"}
+    )
     memo = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     if memo not in _FINGERPRINTS:
         digest = hashlib.sha256()
@@ -113,7 +114,9 @@ class StableDiffusion:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
 
-def load_stable_diffusion(model: str | None = None, device: str = "auto", dtype: str = "auto") -> StableDiffusion:
+def load_stable_diffusion(
+    model: str | None = None, device: str = "auto", dtype: str = "auto"
+) -> StableDiffusion:
     """Load UNet, VAE, CLIP text encoder, tokenizer and scheduler config from safetensors."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -126,7 +129,9 @@ def load_stable_diffusion(model: str | None = None, device: str = "auto", dtype:
         if not (path / part).is_dir():
             raise ModelNotAvailable(f"model folder {path} has no {part}/ (is it a Stable Diffusion model?)")
     try:
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", use_safetensors=True, dtype=torch_dtype)
+        unet = UNet2DConditionModel.from_pretrained(
+            path, subfolder="unet", use_safetensors=True, dtype=torch_dtype
+        )
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", use_safetensors=True, dtype=torch_dtype)
         text_encoder = CLIPTextModel.from_pretrained(
             path, subfolder="text_encoder", use_safetensors=True, dtype=torch_dtype

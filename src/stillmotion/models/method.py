@@ -1,9 +1,9 @@
 """The method end to end, as functions of the stages the batch flow caches separately.
 
-    sd = load_stable_diffusion(model_dir)
-    x_T = invert_source(sd, image, caption, params)          # real mode (or synthetic_noise)
-    rendered = render_keyframes(sd, x_T, caption, prompts, params, synthetic=False)
-    images = render_frames(sd, rendered, params)              # (1 + S * N, 3, H, W) in [-1, 1]
+sd = load_stable_diffusion(model_dir)
+x_T = invert_source(sd, image, caption, params)          # real mode (or synthetic_noise)
+rendered = render_keyframes(sd, x_T, caption, prompts, params, synthetic=False)
+images = render_frames(sd, rendered, params)              # (1 + S * N, 3, H, W) in [-1, 1]
 """
 
 from __future__ import annotations
@@ -50,7 +50,11 @@ def synthetic_noise(sd: StableDiffusion, seed: int) -> torch.Tensor:
 
 
 def invert_source(
-    sd: StableDiffusion, image: PIL.Image.Image, caption: str, params: MethodParams, callback: Progress | None = None
+    sd: StableDiffusion,
+    image: PIL.Image.Image,
+    caption: str,
+    params: MethodParams,
+    callback: Progress | None = None,
 ) -> torch.Tensor:
     """Real mode's x_T: encode the fitted image and invert it with regularized DDIM on the caption."""
     generator = seeded_generator(params.seed)

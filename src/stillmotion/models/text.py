@@ -6,7 +6,9 @@ import torch
 
 
 @torch.no_grad()
-def encode_text(tokenizer, text_encoder: torch.nn.Module, prompts: list[str]) -> tuple[torch.Tensor, list[bool]]:
+def encode_text(
+    tokenizer, text_encoder: torch.nn.Module, prompts: list[str]
+) -> tuple[torch.Tensor, list[bool]]:
     """Prompts to fp32 embeddings (B, 77, D) and, per prompt, whether it was truncated to fit."""
     max_length = tokenizer.model_max_length
     tokens = tokenizer(
