@@ -7,11 +7,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 
 
 class ImageError(ValueError):
     """An input image that cannot be used (missing, empty, corrupt or not an image)."""
+
+
+# What Pillow raises for bytes it cannot decode (UnidentifiedImageError is an OSError);
+# DecompressionBombError (a corrupt or hostile header claiming a gigantic size) is not.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ def open_image(data: bytes) -> PIL.Image.Image:
     try:
         image = PIL.Image.open(io.BytesIO(data))
         image.load()
-    except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except _DECODE_ERRORS as error:
         raise ImageError(f"cannot decode image: {error}") from None
     if image.width < 1 or image.height < 1:
         raise ImageError(f"image has no pixels ({image.width}x{image.height})")
@@ -61,9 +65,11 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
         array = np.asarray(image, dtype=np.float64)
         top = 1.0 if array.max() <= 1.0 else 255.0
         image = PIL.Image.fromarray(np.clip(np.round(array / top * 255), 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if image.mode == "P" or (image.mode in ("1", "L", "RGB") and image.info.get("transparency") is not None):
+        image = image.convert("RGBA")  # a palette or tRNS transparency becomes a real alpha channel
+    if image.mode == "La":
+        image = image.convert("LA")  # Pillow has no La -> RGBA conversion
+    if image.mode in ("RGBA", "LA", "PA", "RGBa"):
         rgba = image.convert("RGBA")
         background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = PIL.Image.alpha_composite(background, rgba)
@@ -73,8 +79,11 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
 def fit_image(image: PIL.Image.Image, size: int) -> tuple[PIL.Image.Image, Fit]:
     """EXIF-orient, convert to RGB, resize the short side to `size` and center-crop a square."""
     # 1. orientation
-    transposed = _orientation(image) not in (0, 1)
-    oriented = PIL.ImageOps.exif_transpose(image)
+    # (PIL.ImageOps.exif_transpose also re-serialises the EXIF block, which raises on a corrupt tag
+    # elsewhere in it; only the pixels matter here.)
+    method = _EXIF_TRANSPOSE.get(_orientation(image))  # 1 is upright; 0 and >8 are invalid: kept as is
+    transposed = method is not None
+    oriented = image.transpose(method) if transposed else image
     mode = image.mode
     rgb = to_rgb(oriented)
     # 2. resize the short side (keeping the aspect ratio, at least 1 pixel on the long side)
@@ -89,6 +98,18 @@ def fit_image(image: PIL.Image.Image, size: int) -> tuple[PIL.Image.Image, Fit]:
     fitted = resized.crop(box)
     fit = Fit((width, height), mode, transposed, resized_size, box, size)
     return fitted, fit
+
+
+# EXIF orientation -> the transpose that displays the image upright (as PIL.ImageOps.exif_transpose)
+_EXIF_TRANSPOSE = {
+    2: PIL.Image.Transpose.FLIP_LEFT_RIGHT,
+    3: PIL.Image.Transpose.ROTATE_180,
+    4: PIL.Image.Transpose.FLIP_TOP_BOTTOM,
+    5: PIL.Image.Transpose.TRANSPOSE,
+    6: PIL.Image.Transpose.ROTATE_270,
+    7: PIL.Image.Transpose.TRANSVERSE,
+    8: PIL.Image.Transpose.ROTATE_90,
+}
 
 
 def _orientation(image: PIL.Image.Image) -> int:

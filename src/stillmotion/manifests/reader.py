@@ -1,0 +1,235 @@
+"""Read a Parquet manifest in record batches and turn each row into a request or a row error.
+
+    for row in iter_manifest("s3://bucket/run/manifest.parquet"):
+        if row.error:
+            print(row.error)
+        else:
+            run(row.request)
+
+A bad row fails alone, with its column and reason; only an unreadable file or a missing required column
+stops the whole manifest (ManifestError). Images are not opened here: see `validate_manifest`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import posixpath
+import re
+from collections.abc import Iterator
+from urllib.parse import urljoin
+
+import fsspec
+import pyarrow.parquet as pq
+
+from ..models.params import MethodParams
+from ..single import VideoRequest
+from .schema import (
+    FLOAT_COLUMNS,
+    INT_COLUMNS,
+    MANIFEST_COLUMNS,
+    VIDEO_ID_PATTERN,
+    ManifestError,
+    ManifestRow,
+    RowError,
+    check_columns,
+    column_type_error,
+    default_seed,
+)
+
+_PROTOCOL = re.compile(r"^[A-Za-z][A-Za-z0-9+.:-]*://")  # also chains: "simplecache::s3://"
+_MAX_SEED = 2**63  # torch generators take seeds below this
+
+
+class _RowFailure(Exception):
+    """Internal: one row's first problem, turned into a RowError by the reader."""
+
+    def __init__(self, column: str, reason: str) -> None:
+        super().__init__(reason)
+        self.column = column
+        self.reason = reason
+
+
+def iter_manifest(
+    url: str, storage_options: dict | None = None, batch_rows: int = 1024, limit: int | None = None
+) -> Iterator[ManifestRow]:
+    """Yield every row of the manifest (up to `limit`), reading `batch_rows` rows at a time."""
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    if limit == 0:
+        return
+    try:
+        handle = fsspec.open(url, "rb", **(storage_options or {})).open()
+    except Exception as error:  # noqa: BLE001 - any failure to open is one line for the user
+        raise ManifestError(f"cannot read manifest {url}: {_one_line(error)}") from None
+    with handle:
+        try:
+            parquet = pq.ParquetFile(handle)
+        except Exception as error:  # noqa: BLE001 - not Parquet, truncated, ...
+            raise ManifestError(f"cannot read manifest {url}: {_one_line(error)}") from None
+        schema = parquet.schema_arrow
+        check_columns(schema, url)
+        type_errors = {
+            name: reason
+            for name in MANIFEST_COLUMNS
+            if name in schema.names and (reason := column_type_error(name, schema.field(name).type))
+        }
+        first_row: dict[str, int] = {}  # video_id -> index of its first row
+        index = 0
+        batches = parquet.iter_batches(batch_size=batch_rows)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as error:  # noqa: BLE001 - a corrupt page stops the manifest, with its URL
+                raise ManifestError(
+                    f"cannot read manifest {url} near row {index}: {_one_line(error)}"
+                ) from None
+            columns = {name: batch.column(name).to_pylist() for name in batch.schema.names}
+            for offset in range(batch.num_rows):
+                values = {name: column[offset] for name, column in columns.items()}
+                yield _build_row(index, values, url, type_errors, first_row)
+                index += 1
+                if limit is not None and index >= limit:
+                    return
+
+
+def resolve_image(image: str, manifest_url: str) -> str:
+    """An image as an fsspec URL: absolute paths and URLs stay, relative paths join the manifest's folder."""
+    if _PROTOCOL.match(image) or os.path.isabs(image):
+        return image
+    if manifest_url.startswith(("http://", "https://")):
+        return urljoin(manifest_url, image)
+    if not _PROTOCOL.match(manifest_url):
+        folder = os.path.dirname(os.path.abspath(manifest_url))
+        return os.path.normpath(os.path.join(folder, image))
+    # everything up to the last "://" is the protocol chain, e.g. "s3://" or "simplecache::s3://"
+    split = manifest_url.rindex("://") + 3
+    prefix, path = manifest_url[:split], manifest_url[split:]
+    return prefix + posixpath.normpath(posixpath.join(posixpath.dirname(path), image))
+
+
+def _build_row(
+    index: int, values: dict, url: str, type_errors: dict[str, str], first_row: dict[str, int]
+) -> ManifestRow:
+    raw_id = values.get("video_id") if "video_id" not in type_errors else None
+    raw_id = raw_id if isinstance(raw_id, str) else None
+    safe_id = raw_id if raw_id is not None and VIDEO_ID_PATTERN.fullmatch(raw_id) else None
+    extra = {name: value for name, value in values.items() if name not in MANIFEST_COLUMNS}
+    try:
+        _check_video_id(index, raw_id, safe_id, type_errors, first_row)
+        if type_errors:
+            raise _RowFailure(*next(iter(type_errors.items())))
+        request = _request(safe_id, values, url)
+    except _RowFailure as failure:
+        error = RowError(index, raw_id, failure.column, failure.reason)
+        return ManifestRow(index, safe_id, None, error, extra)
+    return ManifestRow(index, safe_id, request, None, extra)
+
+
+def _check_video_id(
+    index: int,
+    raw_id: str | None,
+    safe_id: str | None,
+    type_errors: dict[str, str],
+    first_row: dict[str, int],
+) -> None:
+    if "video_id" in type_errors:
+        raise _RowFailure("video_id", type_errors["video_id"])
+    if raw_id is None:
+        raise _RowFailure("video_id", "video_id is missing")
+    if safe_id is None:
+        raise _RowFailure(
+            "video_id",
+            f"{raw_id!r} is not a safe id: use 1-128 of A-Z a-z 0-9 . _ - starting with a letter or digit",
+        )
+    first = first_row.setdefault(safe_id, index)
+    if first != index:
+        raise _RowFailure("video_id", f"duplicate of row {first}")
+
+
+def _request(video_id: str, values: dict, url: str) -> VideoRequest:
+    image, source_prompt = values.get("image"), values.get("source_prompt")
+    if image is not None and source_prompt is not None:
+        raise _RowFailure("image", "give exactly one of image and source_prompt, not both")
+    if image is None and source_prompt is None:
+        raise _RowFailure("image", "give exactly one of image and source_prompt, both are missing")
+    if image is not None and not image.strip():
+        raise _RowFailure("image", "image is blank")
+    if source_prompt is not None and not source_prompt.strip():
+        raise _RowFailure("source_prompt", "source_prompt is blank")
+
+    prompts = values.get("prompts")
+    if not prompts:
+        raise _RowFailure("prompts", "the prompt list is missing or empty")
+    for number, prompt in enumerate(prompts):
+        if prompt is None or not prompt.strip():
+            raise _RowFailure("prompts", f"prompt {number} is blank")
+
+    params = _params(video_id, values)
+    caption = values.get("caption")
+    try:
+        return VideoRequest(
+            video_id=video_id,
+            prompts=tuple(prompts),
+            params=params,
+            image=resolve_image(image.strip(), url) if image is not None else None,
+            source_prompt=source_prompt,
+            caption=caption if caption and caption.strip() else None,
+        )
+    except ValueError as error:  # the checks above should make this unreachable
+        raise _RowFailure("prompts" if "prompt" in str(error) else "image", str(error)) from None
+
+
+def _params(video_id: str, values: dict) -> MethodParams:
+    numbers: dict = {}
+    for name in INT_COLUMNS + FLOAT_COLUMNS:
+        value = values.get(name)
+        if value is not None:
+            numbers[name] = _as_int(name, value) if name in INT_COLUMNS else float(value)
+    seed = numbers.pop("seed", None)
+    if seed is None:
+        seed = default_seed(video_id)
+    elif not 0 <= seed < _MAX_SEED:
+        raise _RowFailure("seed", f"seed must be in 0..2**63-1, got {seed}")
+    curve = values.get("curve")
+    try:
+        return MethodParams(seed=seed, **numbers, **({"curve": curve} if curve is not None else {}))
+    except ValueError as error:
+        # MethodParams names the field first ("fps must be in 1..120, got 0")
+        first_word = str(error).split(" ", 1)[0]
+        raise _RowFailure(first_word if first_word in MANIFEST_COLUMNS else "params", str(error)) from None
+
+
+def _as_int(name: str, value: object) -> int:
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(value)  # floats, half floats, decimals
+    except (TypeError, ValueError):
+        raise _RowFailure(name, f"expected an integer, got {value!r}") from None
+    if not math.isfinite(number) or number != int(number):
+        raise _RowFailure(name, f"expected an integer, got {value}")
+    return int(value)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return (
+        f"{type(error).__name__}: {text}" if isinstance(error, FileNotFoundError | PermissionError) else text
+    )
+
+
+def manifest_summary(url: str, storage_options: dict | None = None) -> tuple[int, list]:
+    """(row count, Arrow fields of the extra columns) from the Parquet footer, without reading rows."""
+    try:
+        with fsspec.open(url, "rb", **(storage_options or {})) as handle:
+            parquet = pq.ParquetFile(handle)
+            schema, rows = parquet.schema_arrow, parquet.metadata.num_rows
+    except Exception as error:  # noqa: BLE001 - any failure to open is one line for the user
+        raise ManifestError(f"cannot read manifest {url}: {_one_line(error)}") from None
+    check_columns(schema, url)
+    return rows, [field for field in schema if field.name not in MANIFEST_COLUMNS]

@@ -1,0 +1,122 @@
+"""The manifest's columns (DESIGN 4), the errors a manifest can raise, and the row a reader yields."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from ..single import VideoRequest
+
+VIDEO_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+# column -> canonical Arrow type; readers accept any type that casts safely to it (see `column_type_error`)
+MANIFEST_COLUMNS: dict[str, pa.DataType] = {
+    "video_id": pa.string(),
+    "image": pa.string(),
+    "source_prompt": pa.string(),
+    "prompts": pa.list_(pa.string()),
+    "caption": pa.string(),
+    "keyframes": pa.int64(),
+    "frames": pa.int64(),
+    "fps": pa.int64(),
+    "seed": pa.int64(),
+    "steps": pa.int64(),
+    "xa_guidance": pa.float64(),
+    "curve": pa.string(),
+}
+MANIFEST_SCHEMA = pa.schema([pa.field(name, kind) for name, kind in MANIFEST_COLUMNS.items()])
+REQUIRED_COLUMNS = ("video_id", "prompts")
+SOURCE_COLUMNS = ("image", "source_prompt")  # a manifest needs at least one; a row exactly one
+INT_COLUMNS = ("keyframes", "frames", "fps", "seed", "steps")
+FLOAT_COLUMNS = ("xa_guidance",)
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read at all: unreadable, not Parquet, or missing a required column."""
+
+
+@dataclass(frozen=True)
+class RowError:
+    """Why one manifest row cannot run: the row, its id, the column at fault and a readable reason."""
+
+    row: int  # 0-based row index in the file
+    video_id: str | None  # the id as written (possibly unsafe), None when absent
+    column: str
+    reason: str
+
+    def __str__(self) -> str:
+        shown = (
+            self.video_id
+            if self.video_id and VIDEO_ID_PATTERN.fullmatch(self.video_id)
+            else repr(self.video_id)
+        )
+        return f"row {self.row} (video_id={shown}): {self.column}: {' '.join(self.reason.split())}"
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One manifest row: a request ready to run, or the error that stops it; extra columns either way."""
+
+    index: int  # 0-based row index in the file
+    video_id: str | None  # the id when it is safe as a folder name, else None
+    request: VideoRequest | None  # None when the row is invalid
+    error: RowError | None
+    extra: dict = field(default_factory=dict)  # unknown columns, as Python values
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def default_seed(video_id: str) -> int:
+    """A seed derived from the id: the same in every run and process, different between ids."""
+    return int.from_bytes(hashlib.sha256(video_id.encode("utf-8")).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def check_columns(schema: pa.Schema, url: str) -> None:
+    """Raise ManifestError when a required column is missing or a column name appears twice."""
+    names = schema.names
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise ManifestError(f"manifest {url}: column(s) appear more than once: {', '.join(duplicated)}")
+    for name in REQUIRED_COLUMNS:
+        if name not in names:
+            raise ManifestError(f"manifest {url}: required column {name!r} is missing")
+    if not any(name in names for name in SOURCE_COLUMNS):
+        raise ManifestError(f"manifest {url}: needs an 'image' or a 'source_prompt' column, found neither")
+
+
+def column_type_error(name: str, kind: pa.DataType) -> str | None:
+    """Why a column of this Arrow type cannot be read as the manifest column `name`; None when it can."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if pa.types.is_null(kind):  # an all-null column: every value is missing
+        return None
+    if name in INT_COLUMNS or name in FLOAT_COLUMNS:
+        # floats are checked value by value: 3.0 is an integer, 2.5 is not
+        if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+            return None
+        expected = "an integer" if name in INT_COLUMNS else "a number"
+    elif name == "prompts":
+        is_list = (
+            pa.types.is_list(kind)
+            or pa.types.is_large_list(kind)
+            or pa.types.is_fixed_size_list(kind)
+            or pa.types.is_list_view(kind)
+            or pa.types.is_large_list_view(kind)
+        )
+        if is_list and (_is_text(kind.value_type) or pa.types.is_null(kind.value_type)):
+            return None
+        expected = "a list of strings"
+    else:
+        if _is_text(kind):
+            return None
+        expected = "a string"
+    return f"column has type {kind}, expected {expected}"
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)

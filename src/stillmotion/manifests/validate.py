@@ -1,0 +1,60 @@
+"""`stillmotion validate`: every bad row of a manifest, with its images opened and fully decoded."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import TextIO
+
+import PIL.Image
+from fsspec.core import split_protocol
+
+from ..models.images import ImageError, open_image
+from ..single import read_bytes
+from .reader import iter_manifest
+from .schema import ManifestRow, RowError
+
+
+def check_rows(
+    url: str, storage_options: dict | None = None, check_images: bool = True
+) -> Iterator[tuple[ManifestRow, RowError | None]]:
+    """Every row with its error (None when valid); with check_images an undecodable image is an error."""
+    for row in iter_manifest(url, storage_options):
+        if row.error is not None or not check_images or row.request is None or row.request.image is None:
+            yield row, row.error
+            continue
+        image = row.request.image
+        try:
+            open_image(read_bytes(image, _options_for(image, url, storage_options)))
+        except (ImageError, OSError, PIL.Image.DecompressionBombError) as error:
+            yield row, RowError(row.index, row.video_id, "image", str(error) or type(error).__name__)
+        else:
+            yield row, None
+
+
+def validate_manifest(
+    url: str, storage_options: dict | None = None, check_images: bool = True
+) -> Iterator[RowError]:
+    """Yield the error of every bad row, in row order."""
+    for _row, error in check_rows(url, storage_options, check_images):
+        if error is not None:
+            yield error
+
+
+def print_validation(url: str, storage_options: dict | None = None, out: TextIO | None = None) -> int:
+    """Print one line per bad row and a summary; 0 when every row is valid, 1 otherwise."""
+    out = out if out is not None else sys.stdout
+    rows = invalid = 0
+    for _row, error in check_rows(url, storage_options):
+        rows += 1
+        if error is not None:
+            invalid += 1
+            print(error, file=out)
+    print(f"{rows} rows, {invalid} invalid", file=out)
+    return 0 if invalid == 0 else 1
+
+
+def _options_for(image: str, manifest_url: str, storage_options: dict | None) -> dict | None:
+    """The manifest's storage options apply to images on the same protocol only (e.g. s3 keys)."""
+    same = split_protocol(image)[0] == split_protocol(manifest_url)[0]
+    return storage_options if same else None
