@@ -110,6 +110,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_options(gen)
 
+    run = commands.add_parser(
+        "run",
+        help="make every video of a Parquet manifest (the batch flow)",
+        description="Run the batch flow: read MANIFEST_URL in batches, make one video per row as a chain of "
+        "cached Prefect tasks, publish each video under OUTPUT_URL/{video_id}/ as soon as it is done, and "
+        "write OUTPUT_URL/results.parquet. A rerun skips complete videos by lookup and resumes the rest from "
+        "the cache. Exit 0 when every row succeeded, 3 when some rows failed, 1 when the run could not "
+        "proceed. With no Prefect server configured, Prefect's embedded one is used.",
+    )
+    run.add_argument("manifest", metavar="MANIFEST_URL", help="Parquet manifest: a path or fsspec URL")
+    run.add_argument("--output", required=True, metavar="OUTPUT_URL", help="where videos and results go")
+    run.add_argument(
+        "--cache", metavar="CACHE_URL", help="artifact and result cache (default OUTPUT_URL/.cache)"
+    )
+    run.add_argument("--runner", choices=["local"], default="local", help="task runner (local threads)")
+    run.add_argument("--limit", type=_positive("--limit", 0), help="run only the first N rows")
+    run.add_argument(
+        "--force", action="store_true", help="recompute everything, ignoring complete videos and cache"
+    )
+    run.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help='fsspec options for the URLs, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'; kept out of '
+        "flow parameters, logs and results",
+    )
+    run.add_argument(
+        "--in-flight", type=_positive("--in-flight"), default=4, help="rows submitted at once (4)"
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _add_model_options(run)
+
+    validate = commands.add_parser(
+        "validate",
+        help="check every row of a manifest, decoding every image",
+        description="Check every row of a manifest, opening and fully decoding every image. Prints one line "
+        "per bad row (row index, video_id, column, reason); exit 0 when all rows are valid, 1 otherwise.",
+    )
+    validate.add_argument("manifest", metavar="MANIFEST_URL")
+    validate.add_argument("--storage-options", metavar="JSON", help="fsspec options for the URLs (JSON)")
+
     tiny = commands.add_parser(
         "make-tiny-model",
         help="write a tiny random SD + BLIP model for offline runs and tests",
@@ -156,11 +196,9 @@ class StageProgress:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import fsspec
-
     from .models import MethodParams, load_stable_diffusion
-    from .outputs import write_video_folder
     from .single import VideoRequest, generate_video
+    from .storage import OutputStore
 
     try:
         params = MethodParams(
@@ -196,10 +234,60 @@ def cmd_generate(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     out = Path(args.out).resolve()
-    write_video_folder(fsspec.filesystem("file"), str(out), files, metadata)
+    OutputStore(str(out), {}).write_folder("", files, metadata)
     print(f"wrote {metadata['frame_count']} frames at {metadata['fps']} fps: {out / 'video.mp4'}")
     print(f"caption: {metadata['caption']}")
     return EXIT_OK
+
+
+def _storage_options(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--storage-options is not valid JSON: {error.msg}") from None
+    if not isinstance(options, dict):
+        raise UsageError("--storage-options must be a JSON object")
+    return options
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    options = _storage_options(args.storage_options)
+    if options:  # the flow reads them from the environment: never a flow parameter
+        os.environ["STILLMOTION_STORAGE_OPTIONS"] = json.dumps(options)
+    # row failures are reported in results.parquet and .logs/, not as tracebacks on the terminal
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from .flows import batch_flow
+
+    summary = batch_flow(
+        manifest=args.manifest,
+        output=args.output,
+        cache=args.cache,
+        model=args.model,
+        limit=args.limit,
+        force=args.force,
+        device=args.device,
+        dtype=args.dtype,
+        in_flight=args.in_flight,
+        show_progress=not args.no_progress,
+    )
+    print(
+        f"{summary['rows']} rows: {summary['done']} made, {summary['cached']} already complete, "
+        f"{summary['failed']} failed in {summary['seconds']} s; "
+        f"results: {args.output.rstrip('/')}/results.parquet"
+    )
+    if summary["failed"]:
+        print(f"failed rows: see results.parquet and {args.output.rstrip('/')}/.logs/", file=sys.stderr)
+        return EXIT_ROWS_FAILED
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .manifests import print_validation
+
+    return print_validation(args.manifest, _storage_options(args.storage_options))
 
 
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
@@ -210,11 +298,18 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"generate": cmd_generate, "make-tiny-model": cmd_make_tiny_model}
+COMMANDS = {
+    "generate": cmd_generate,
+    "run": cmd_run,
+    "validate": cmd_validate,
+    "make-tiny-model": cmd_make_tiny_model,
+}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the user can fix this": one line, no traceback."""
+    from .flows.batch import RunError
+    from .manifests import ManifestError
     from .models import ImageError, ModelNotAvailable
     from .video import EncodeError
 
@@ -222,9 +317,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
         ImageError,
         ModelNotAvailable,
         EncodeError,
+        ManifestError,
+        RunError,
         FileNotFoundError,
         PermissionError,
-        json.JSONDecodeError,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import json
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import PIL.Image
 
+from . import ALGORITHM_VERSION, __version__
 from .video import contact_sheet, encode_mp4
 
 METADATA = "metadata.json"
@@ -25,30 +27,72 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def video_files(
-    frames: list[PIL.Image.Image], keyframes: list[PIL.Image.Image], fps: int, crf: int = 18
-) -> dict[str, bytes]:
-    """video.mp4, source.png, keyframes/NNN.png and preview.png of one video, as bytes."""
+def mp4_bytes(frames: list[PIL.Image.Image], fps: int, crf: int = 18) -> bytes:
+    """The frames encoded as an MP4 file, in memory."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "video.mp4"
         encode_mp4(frames, path, fps=fps, crf=crf)
-        files = {"video.mp4": path.read_bytes()}
-    files["source.png"] = png_bytes(frames[0])
+        return path.read_bytes()
+
+
+def image_files(source: PIL.Image.Image, keyframes: list[PIL.Image.Image]) -> dict[str, bytes]:
+    """source.png, keyframes/NNN.png and preview.png (contact sheet of source + key frames)."""
+    files = {"source.png": png_bytes(source)}
     for index, keyframe in enumerate(keyframes):
         files[f"keyframes/{index:03d}.png"] = png_bytes(keyframe)
-    files["preview.png"] = png_bytes(contact_sheet([frames[0], *keyframes]))
+    files["preview.png"] = png_bytes(contact_sheet([source, *keyframes]))
     return files
+
+
+def video_metadata(
+    request,
+    *,
+    inputs: dict,
+    caption: str,
+    caption_source: str,
+    captioner: dict | None,
+    model: dict,
+    device: str,
+    dtype: str,
+    size: int,
+    frame_count: int,
+    keyframe_count: int,
+    fit: dict | None,
+    timings: dict[str, float],
+    truncated_prompts: list[str],
+) -> dict:
+    """metadata.json of one video (DESIGN section 5); content hashes are added when it is written."""
+    params = request.params
+    return {
+        "video_id": request.video_id,
+        "version": __version__,
+        "algorithm_version": ALGORITHM_VERSION,
+        "mode": "synthetic" if request.synthetic else "real",
+        "input": inputs,
+        "caption": caption,
+        "caption_source": caption_source,
+        "prompts": list(request.prompts),
+        "seed": params.seed,
+        "params": params.to_dict(),
+        "xa_guidance_used": params.guidance_for(request.synthetic),
+        "model": {**model, "captioner": captioner},
+        "device": device,
+        "dtype": dtype,
+        "size": size,
+        "frame_count": frame_count,
+        "keyframe_count": keyframe_count,
+        "segments": len(request.prompts),
+        "fps": params.fps,
+        "fit": fit,
+        "timings": {name: round(seconds, 4) for name, seconds in timings.items()},
+        "notes": [
+            f"prompt truncated to the text encoder's 77 tokens: {text!r}" for text in truncated_prompts
+        ],
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def metadata_bytes(metadata: dict, files: dict[str, bytes]) -> bytes:
     """The metadata with a content hash of every other file of the video."""
     metadata = {**metadata, "hashes": {name: sha256(data) for name, data in sorted(files.items())}}
     return json.dumps(metadata, indent=2, ensure_ascii=False).encode("utf-8")
-
-
-def write_video_folder(fs, folder: str, files: dict[str, bytes], metadata: dict) -> None:
-    """Write every file of a video into `folder` on an fsspec filesystem, metadata.json last."""
-    fs.makedirs(f"{folder}/keyframes", exist_ok=True)
-    for name, data in files.items():
-        fs.pipe_file(f"{folder}/{name}", data)
-    fs.pipe_file(f"{folder}/{METADATA}", metadata_bytes(metadata, files))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,7 +9,6 @@ from dataclasses import dataclass
 import fsspec
 import PIL.Image
 
-from . import ALGORITHM_VERSION, __version__
 from .models import (
     ImageError,
     MethodParams,
@@ -26,7 +24,7 @@ from .models import (
     synthetic_noise,
 )
 from .models.images import tensor_to_pil
-from .outputs import sha256, video_files
+from .outputs import image_files, mp4_bytes, sha256, video_metadata
 
 # stage name, steps done, steps in all
 Progress = Callable[[str, int, int], None]
@@ -124,35 +122,23 @@ def generate_video(
 
     # 4. encode
     start = time.perf_counter()
-    files = video_files(frames, keyframes, fps=params.fps)
+    files = {"video.mp4": mp4_bytes(frames, fps=params.fps), **image_files(frames[0], keyframes)}
     timings["encode"] = time.perf_counter() - start
 
-    metadata = {
-        "video_id": request.video_id,
-        "version": __version__,
-        "algorithm_version": ALGORITHM_VERSION,
-        "mode": "synthetic" if request.synthetic else "real",
-        "input": inputs,
-        "caption": caption,
-        "caption_source": caption_source,
-        "prompts": list(request.prompts),
-        "seed": params.seed,
-        "params": params.to_dict(),
-        "xa_guidance_used": params.guidance_for(request.synthetic),
-        "model": {"id": sd.model_id, "revision": sd.revision, "captioner": captioner_meta},
-        "device": str(sd.device),
-        "dtype": str(sd.dtype).removeprefix("torch."),
-        "size": sd.image_size,
-        "frame_count": len(frames),
-        "keyframe_count": len(keyframes),
-        "segments": len(request.prompts),
-        "fps": params.fps,
-        "fit": fit,
-        "timings": {name: round(seconds, 4) for name, seconds in timings.items()},
-        "notes": [
-            f"prompt truncated to the text encoder's 77 tokens: {text!r}"
-            for text in rendered.truncated_prompts
-        ],
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    metadata = video_metadata(
+        request,
+        inputs=inputs,
+        caption=caption,
+        caption_source=caption_source,
+        captioner=captioner_meta,
+        model={"id": sd.model_id, "revision": sd.revision},
+        device=str(sd.device),
+        dtype=str(sd.dtype).removeprefix("torch."),
+        size=sd.image_size,
+        frame_count=len(frames),
+        keyframe_count=len(keyframes),
+        fit=fit,
+        timings=timings,
+        truncated_prompts=rendered.truncated_prompts,
+    )
     return files, metadata

@@ -10,6 +10,7 @@ message when the weights are not cached); everything then loads from that folder
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,38 @@ def fingerprint_folder(path: Path) -> str:
     return _FINGERPRINTS[memo]
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What identifies a model in cache keys and metadata, read from its configs (no weights loaded)."""
+
+    model_id: str
+    revision: str
+    path: str
+    image_size: int  # pixels: unet sample_size x VAE scale factor
+
+
+def inspect_model(model: str | None = None) -> ModelInfo:
+    """Resolve a model id or folder and read its size from the configs; loads no weights."""
+    model = model or default_model()
+    path, revision = resolve_model(model)
+    try:
+        unet = json.loads((path / "unet" / "config.json").read_text())
+        vae = json.loads((path / "vae" / "config.json").read_text())
+    except FileNotFoundError as error:
+        raise ModelNotAvailable(f"model folder {path} is not a Stable Diffusion model: {error}") from None
+    return ModelInfo(
+        model, revision, str(path), unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+    )
+
+
+def captioner_identity(sd_path: Path | str | None) -> tuple[str, Path, str]:
+    """(id, local folder, revision) of the captioner that goes with a model folder."""
+    local = Path(sd_path) / "captioner" if sd_path is not None else None
+    model_id = str(local) if local is not None and local.is_dir() else DEFAULT_CAPTIONER
+    path, revision = resolve_model(model_id)
+    return model_id, path, revision
+
+
 @dataclass
 class StableDiffusion:
     """The separate components of a Stable Diffusion model, frozen, on one device in one dtype."""
@@ -161,9 +194,7 @@ def load_captioner(sd_path: Path | str | None = None, device: torch.device | str
     """BLIP from `<model folder>/captioner/` when it exists, else the hub's blip-image-captioning-base."""
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    local = Path(sd_path) / "captioner" if sd_path is not None else None
-    model_id = str(local) if local is not None and local.is_dir() else DEFAULT_CAPTIONER
-    path, revision = resolve_model(model_id)
+    model_id, path, revision = captioner_identity(sd_path)
     try:
         model = BlipForConditionalGeneration.from_pretrained(path, use_safetensors=True)
     except OSError as error:

@@ -1,0 +1,191 @@
+"""The batch flow: a Parquet manifest in, one chain of cached tasks per row, videos and results out.
+
+    batch_flow("manifest.parquet", "s3://bucket/run")   # or: stillmotion run MANIFEST --output URL
+
+Rows stream from the manifest; a row whose video is complete is skipped by a lookup (no task,
+no model load); the others get a chain source -> caption -> invert -> keyframes -> frames ->
+encode -> publish, with at most `in_flight` rows submitted at once so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+
+from prefect import flow
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from ..manifests import iter_manifest, manifest_summary
+from ..models.loading import inspect_model
+from ..storage import OutputStore, storage_options_from_env
+from ..tasks import (
+    Job,
+    caption_stage,
+    encode_stage,
+    frames_stage,
+    invert_stage,
+    keyframes_stage,
+    publish_stage,
+    source_stage,
+)
+from .tracking import RunTracker
+
+
+class RunError(RuntimeError):
+    """The run cannot proceed at all (unwritable output, unusable model): exit status 1."""
+
+
+def _stages(cache_url: str, force: bool) -> dict:
+    """The tasks with Prefect's result records under CACHE/prefect (refreshed, not read, on --force)."""
+    storage = _result_storage(f"{cache_url}/prefect")
+    tasks = {
+        "source": source_stage,
+        "caption": caption_stage,
+        "invert": invert_stage,
+        "keyframes": keyframes_stage,
+        "frames": frames_stage,
+        "encode": encode_stage,
+        "publish": publish_stage,
+    }
+    return {
+        name: stage.with_options(result_storage=storage, refresh_cache=force) for name, stage in tasks.items()
+    }
+
+
+def _result_storage(url: str):
+    if "://" not in url or url.startswith("file://"):
+        return Path(url.removeprefix("file://")).resolve()
+    from prefect.filesystems import RemoteFileSystem
+
+    block = RemoteFileSystem(basepath=url)  # credentials come from the environment, never the block
+    name = "stillmotion-results-" + uuid.uuid5(uuid.NAMESPACE_URL, url).hex[:12]
+    block.save(name, overwrite=True)
+    return RemoteFileSystem.load(name)
+
+
+def submit_row(stages: dict, job: Job) -> list[PrefectFuture]:
+    """Submit one row's chain of tasks; returns its futures, the publish future last."""
+    request, futures = job.request, []
+    source = inverted = None
+    if request.synthetic:
+        caption = {"caption": request.source_prompt, "caption_source": "source_prompt"}
+    else:
+        source = stages["source"].submit(job)
+        futures.append(source)
+        if request.caption:
+            caption = {"caption": request.caption, "caption_source": "user"}
+        else:
+            caption = stages["caption"].submit(job, source)
+            futures.append(caption)
+        inverted = stages["invert"].submit(job, source, caption)
+        futures.append(inverted)
+    keyframes = stages["keyframes"].submit(job, inverted, caption)
+    frames = stages["frames"].submit(job, keyframes)
+    encoded = stages["encode"].submit(job, frames)
+    published = stages["publish"].submit(job, source, caption, inverted, keyframes, frames, encoded)
+    return [*futures, keyframes, frames, encoded, published]
+
+
+def _finish(
+    tracker: RunTracker, outputs: OutputStore, row, futures: list[PrefectFuture], started: float
+) -> None:
+    published = futures[-1]
+    published.wait()
+    if published.state.is_completed():
+        result = published.result()
+        tracker.add(
+            row.index,
+            row.video_id,
+            row.extra,
+            status="ok",
+            video=result["video"],
+            metadata=result["metadata"],
+            seconds=time.monotonic() - started,
+        )
+        return
+    reason = outputs.read_log_reason(row.video_id)
+    if reason is None:  # failed before a task could log (e.g. upstream never ran)
+        failed = next((f for f in futures if f.state.is_failed()), published)
+        reason = failed.state.message or f"task {failed.state.name}"
+    tracker.add(
+        row.index, row.video_id, row.extra, status="failed", error=reason, seconds=time.monotonic() - started
+    )
+
+
+@flow(name="stillmotion-batch", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
+def batch_flow(
+    manifest: str,
+    output: str,
+    cache: str | None = None,
+    model: str | None = None,
+    limit: int | None = None,
+    force: bool = False,
+    device: str = "auto",
+    dtype: str = "auto",
+    in_flight: int = 4,
+    show_progress: bool = False,
+) -> dict:
+    """Make every video of a manifest; returns the counts {rows, done, cached, failed, seconds}."""
+    # 1. stores: fail the run (not a row) when the output cannot be written
+    storage_options = storage_options_from_env()
+    outputs = OutputStore(output, storage_options)
+    cache_url = (cache or f"{output}/.cache").rstrip("/")
+    try:
+        outputs.write_bytes(".stillmotion-run", f"{time.time()}\n".encode())
+    except Exception as error:  # noqa: BLE001 - any failure here means "cannot write the output"
+        raise RunError(f"cannot write to output {output}: {error}") from None
+    rows, extra_fields = manifest_summary(manifest, storage_options)
+    total = rows if limit is None else min(rows, limit)
+    tracker = RunTracker(outputs, total, extra_fields, show_progress=show_progress)
+    stages = _stages(cache_url, force)
+    info = None  # the model is resolved (not loaded) only when some row needs work
+
+    # 2. stream rows: failed and complete rows are recorded at once, the rest become task chains
+    pending: deque = deque()
+    for row in iter_manifest(manifest, storage_options, limit=limit):
+        if row.error is not None:
+            tracker.add(
+                row.index,
+                row.video_id,
+                row.extra,
+                status="failed",
+                error=f"{row.error.column}: {row.error.reason}",
+            )
+            continue
+        if not force and outputs.is_complete(row.video_id):
+            tracker.add(
+                row.index,
+                row.video_id,
+                row.extra,
+                status="ok",
+                cached=True,
+                video=outputs.url_of(f"{row.video_id}/video.mp4"),
+                metadata=outputs.url_of(f"{row.video_id}/metadata.json"),
+            )
+            continue
+        if info is None:
+            info = inspect_model(model)
+        job = Job(
+            row.video_id,
+            row.request,
+            outputs.url,
+            cache_url,
+            info.model_id,
+            info.path,
+            info.revision,
+            info.image_size,
+            device,
+            dtype,
+            force,
+        )
+        pending.append((row, submit_row(stages, job), time.monotonic()))
+        while len(pending) >= max(1, in_flight):
+            _finish(tracker, outputs, *pending.popleft())
+    while pending:
+        _finish(tracker, outputs, *pending.popleft())
+
+    # 3. results.parquet and the summary
+    return tracker.close()

@@ -1,0 +1,172 @@
+"""What a batch run reports: results.parquet (in manifest order), a progress line, Prefect artifacts."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..storage import OutputStore
+
+RESULT_FIELDS = [
+    pa.field("video_id", pa.string()),
+    pa.field("status", pa.string()),  # ok | failed
+    pa.field("error", pa.string()),
+    pa.field("video", pa.string()),
+    pa.field("metadata", pa.string()),
+    pa.field("seconds", pa.float64()),
+    pa.field("cached", pa.bool_()),  # complete before this run: found by lookup, nothing recomputed
+    pa.field("row", pa.int64()),
+]
+
+
+@dataclass
+class Counts:
+    done: int = 0
+    cached: int = 0
+    failed: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.cached + self.failed
+
+
+@dataclass
+class RunTracker:
+    """Collects one result per manifest row and writes them to OUTPUT/results.parquet in row order.
+
+    Rows finish out of order; they wait in a buffer until every earlier row has finished, so the
+    buffer holds at most the rows in flight, and the file is written in batches, never held whole.
+    """
+
+    outputs: OutputStore
+    total: int
+    extra_fields: list[pa.Field]
+    show_progress: bool = True
+    counts: Counts = field(default_factory=Counts)
+    _buffer: dict[int, dict] = field(default_factory=dict)
+    _next_row: int = 0
+    _batch: list[dict] = field(default_factory=list)
+    _summary: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.schema = pa.schema(RESULT_FIELDS + [f for f in self.extra_fields if f.name not in _names()])
+        self._tmp = tempfile.TemporaryDirectory(prefix="stillmotion-results-")
+        self._path = Path(self._tmp.name) / "results.parquet"
+        self._writer = pq.ParquetWriter(self._path, self.schema)
+        self._start = time.monotonic()
+        self._bar = None
+        self._artifact = None
+        self._last_artifact = 0.0
+        if self.show_progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total, unit="video", file=sys.stderr, dynamic_ncols=True)
+
+    def add(
+        self,
+        row: int,
+        video_id: str | None,
+        extra: dict,
+        *,
+        status: str,
+        error: str | None = None,
+        video: str | None = None,
+        metadata: str | None = None,
+        seconds: float = 0.0,
+        cached: bool = False,
+    ) -> None:
+        record = {
+            "video_id": video_id,
+            "status": status,
+            "error": error,
+            "video": video,
+            "metadata": metadata,
+            "seconds": round(seconds, 3),
+            "cached": cached,
+            "row": row,
+            **extra,
+        }
+        if status == "failed":
+            self.counts.failed += 1
+        elif cached:
+            self.counts.cached += 1
+        else:
+            self.counts.done += 1
+        if len(self._summary) < 1000:
+            self._summary.append({k: record[k] for k in ("row", "video_id", "status", "error", "seconds")})
+        self._buffer[row] = record
+        while self._next_row in self._buffer:
+            self._batch.append(self._buffer.pop(self._next_row))
+            self._next_row += 1
+        if len(self._batch) >= 1024:
+            self._flush()
+        self._report()
+
+    def _flush(self) -> None:
+        if self._batch:
+            self._writer.write_table(pa.Table.from_pylist(self._batch, schema=self.schema))
+            self._batch = []
+
+    def _report(self) -> None:
+        c = self.counts
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"done {c.done} cached {c.cached} failed {c.failed}", refresh=False)
+            self._bar.update(c.finished - self._bar.n)
+        now = time.monotonic()
+        if self.total and (now - self._last_artifact > 2 or c.finished == self.total):
+            self._last_artifact = now
+            _progress_artifact(self, 100.0 * c.finished / self.total)
+
+    def close(self) -> dict:
+        """Write results.parquet and the summary artifact; return the counts."""
+        for row in sorted(self._buffer):  # only non-contiguous leftovers (never in a full run)
+            self._batch.append(self._buffer.pop(row))
+        self._flush()
+        self._writer.close()
+        self.outputs.write_bytes("results.parquet", self._path.read_bytes())
+        self._tmp.cleanup()
+        if self._bar is not None:
+            self._bar.close()
+        c = self.counts
+        summary = {
+            "rows": c.finished,
+            "done": c.done,
+            "cached": c.cached,
+            "failed": c.failed,
+            "seconds": round(time.monotonic() - self._start, 2),
+        }
+        _table_artifact(self._summary, summary)
+        return summary
+
+
+def _names() -> set[str]:
+    return {f.name for f in RESULT_FIELDS}
+
+
+def _progress_artifact(tracker: RunTracker, percent: float) -> None:
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is None:
+        return
+    if tracker._artifact is None:
+        tracker._artifact = create_progress_artifact(
+            percent, key="stillmotion-progress", description="videos finished"
+        )
+    else:
+        update_progress_artifact(tracker._artifact, percent)
+
+
+def _table_artifact(rows: list[dict], summary: dict) -> None:
+    from prefect.artifacts import create_table_artifact
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is not None:
+        description = ", ".join(f"{k}: {v}" for k, v in summary.items())
+        create_table_artifact(rows, key="stillmotion-summary", description=f"stillmotion run — {description}")

@@ -1,0 +1,153 @@
+"""fsspec storage: one root object per URL, content-addressed artifacts, atomic video publishing.
+
+    outputs = OutputStore("s3://bucket/run")        # videos, results.parquet, .logs/, .staging/
+    artifacts = ArtifactStore("s3://bucket/run/.cache/artifacts")
+    key = artifact_key("invert", image_sha256=..., caption=..., model=..., steps=50)
+    artifacts.put_tensors(key, {"inverted_noise": x_T}); artifacts.get_tensors(key)
+
+Tensors are stored as safetensors, images as PNG, the rest as JSON: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+
+import fsspec
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from . import ALGORITHM_VERSION
+from .outputs import METADATA, metadata_bytes
+
+
+def storage_options_from_env() -> dict:
+    """Storage options (e.g. an S3 endpoint) from $STILLMOTION_STORAGE_OPTIONS, never from parameters."""
+    text = os.environ.get("STILLMOTION_STORAGE_OPTIONS", "").strip()
+    return json.loads(text) if text else {}
+
+
+def artifact_key(kind: str, **inputs) -> str:
+    """`kind/<hash>` of the true inputs of an artifact plus the algorithm version."""
+    canonical = json.dumps(
+        {"kind": kind, "algorithm": ALGORITHM_VERSION, **inputs}, sort_keys=True, default=str
+    )
+    return f"{kind}/{hashlib.sha256(canonical.encode()).hexdigest()[:40]}"
+
+
+class Store:
+    """Every path relative to one root URL on one fsspec filesystem."""
+
+    def __init__(self, url: str, storage_options: dict | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.storage_options = storage_options if storage_options is not None else storage_options_from_env()
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        self.root = self.root.rstrip("/")
+        self.local = "file" in _protocols(self.fs)
+
+    def path(self, relative: str) -> str:
+        return f"{self.root}/{relative}" if relative else self.root
+
+    def url_of(self, relative: str) -> str:
+        return f"{self.url}/{relative}"
+
+    def exists(self, relative: str) -> bool:
+        return self.fs.exists(self.path(relative))
+
+    def read_bytes(self, relative: str) -> bytes:
+        return self.fs.cat_file(self.path(relative))
+
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        """Write atomically: a reader sees the old file or the whole new one, never a part."""
+        target = self.path(relative)
+        parent = target.rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+        if self.local:
+            temporary = f"{parent}/.tmp-{uuid.uuid4().hex}"
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+            os.replace(temporary, target)
+        else:  # an object store's PUT is atomic already
+            self.fs.pipe_file(target, data)
+
+    def read_json(self, relative: str):
+        return json.loads(self.read_bytes(relative))
+
+    def write_json(self, relative: str, value) -> None:
+        self.write_bytes(relative, json.dumps(value, indent=2, ensure_ascii=False, default=str).encode())
+
+    def modified(self, relative: str):
+        return self.fs.modified(self.path(relative))
+
+
+def _protocols(fs) -> tuple:
+    protocol = fs.protocol
+    return protocol if isinstance(protocol, tuple) else (protocol,)
+
+
+class ArtifactStore(Store):
+    """Content-addressed intermediates: `<kind>/<hash>.<ext>`, written once, read many times."""
+
+    def has(self, key: str, ext: str) -> bool:
+        return self.exists(f"{key}.{ext}")
+
+    def put_tensors(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        self.write_bytes(
+            f"{key}.safetensors", save_tensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+        )
+
+    def get_tensors(self, key: str) -> dict[str, torch.Tensor]:
+        return load_tensors(self.read_bytes(f"{key}.safetensors"))
+
+    def put_json(self, key: str, value) -> None:
+        self.write_json(f"{key}.json", value)
+
+    def get_json(self, key: str):
+        return self.read_json(f"{key}.json")
+
+    def put_file(self, key: str, ext: str, data: bytes) -> None:
+        self.write_bytes(f"{key}.{ext}", data)
+
+    def get_file(self, key: str, ext: str) -> bytes:
+        return self.read_bytes(f"{key}.{ext}")
+
+
+class OutputStore(Store):
+    """Published videos under `{video_id}/`, complete exactly when `{video_id}/metadata.json` exists."""
+
+    def is_complete(self, video_id: str) -> bool:
+        return self.exists(f"{video_id}/{METADATA}")
+
+    def publish(self, video_id: str, files: dict[str, bytes], metadata: dict) -> None:
+        """Write a video's files, metadata.json last; on local disk stage and rename into place."""
+        if self.local:
+            staging = f".staging/{video_id}-{uuid.uuid4().hex[:8]}"
+            self.write_folder(staging, files, metadata)
+            final = self.path(video_id)
+            if self.fs.exists(final):  # an earlier incomplete or --force'd version
+                self.fs.rm(final, recursive=True)
+            os.replace(self.path(staging), final)
+        else:
+            self.write_folder(video_id, files, metadata)
+
+    def write_folder(self, folder: str, files: dict[str, bytes], metadata: dict) -> None:
+        """Write files into `folder` ("" for the root), metadata.json last; an old one goes first."""
+        prefix = f"{folder}/" if folder else ""
+        if self.exists(prefix + METADATA):  # the old version stops being complete before any change
+            self.fs.rm_file(self.path(prefix + METADATA))
+        for name, data in files.items():
+            self.write_bytes(prefix + name, data)
+        self.write_bytes(prefix + METADATA, metadata_bytes(metadata, files))
+
+    def write_log(self, video_id: str, text: str) -> None:
+        self.write_bytes(f".logs/{video_id}.txt", text.encode())
+
+    def read_log_reason(self, video_id: str) -> str | None:
+        """The first line of a failed row's log: its one-line reason."""
+        try:
+            return self.read_bytes(f".logs/{video_id}.txt").decode(errors="replace").split("\n", 1)[0]
+        except FileNotFoundError:
+            return None

@@ -1,0 +1,17 @@
+"""Thin Prefect tasks over models/, one per stage of a video, cached by content keys."""
+
+from .publish import publish_stage
+from .runtime import COMPUTED, Job
+from .stages import caption_stage, encode_stage, frames_stage, invert_stage, keyframes_stage, source_stage
+
+__all__ = [
+    "COMPUTED",
+    "Job",
+    "caption_stage",
+    "encode_stage",
+    "frames_stage",
+    "invert_stage",
+    "keyframes_stage",
+    "publish_stage",
+    "source_stage",
+]

@@ -1,0 +1,63 @@
+"""The last task of a row: assemble the video's files and metadata and publish them atomically."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from ..models import resolve_device, resolve_dtype
+from ..outputs import image_files, video_metadata
+from ..storage import OutputStore
+from .runtime import Job
+from .stages import artifacts, frame_images, logs_failures
+
+
+@task(name="publish", task_run_name="publish-{job.video_id}", persist_result=False)
+@logs_failures
+def publish_stage(
+    job: Job,
+    source: dict | None,
+    caption: dict,
+    inverted: dict | None,
+    keyframes: dict,
+    frames: dict,
+    encoded: dict,
+) -> dict:
+    """Write video.mp4, source.png, keyframes/, preview.png, then metadata.json, into OUTPUT/{video_id}/."""
+    store, outputs = artifacts(job.cache_url), OutputStore(job.output_url)
+    frame_list, keyframe_list = frame_images(job, frames)
+    files = {"video.mp4": store.get_file(encoded["key"], "mp4"), **image_files(frame_list[0], keyframe_list)}
+    stages = {
+        "caption": caption,
+        "invert": inverted,
+        "keyframes": keyframes,
+        "frames": frames,
+        "encode": encoded,
+    }
+    request, device = job.request, resolve_device(job.device)
+    inputs = {"image": request.image, "source_prompt": request.source_prompt}
+    if source:
+        inputs["image_sha256"] = source["image_sha256"]
+    metadata = video_metadata(
+        request,
+        inputs=inputs,
+        caption=caption["caption"],
+        caption_source=caption["caption_source"],
+        captioner={"id": caption["captioner"], "revision": caption["captioner_revision"]}
+        if "captioner" in caption
+        else None,
+        model={"id": job.model, "revision": job.revision},
+        device=str(device),
+        dtype=str(resolve_dtype(job.dtype, device)).removeprefix("torch."),
+        size=job.size,
+        frame_count=len(frame_list),
+        keyframe_count=len(keyframe_list),
+        fit=store.get_json(source["key"]) if source else None,
+        timings={name: stage["seconds"] for name, stage in stages.items() if stage and "seconds" in stage},
+        truncated_prompts=keyframes.get("truncated_prompts", []),
+    )
+    metadata["artifacts"] = {name: stage["key"] for name, stage in stages.items() if stage and "key" in stage}
+    outputs.publish(job.video_id, files, metadata)
+    return {
+        "video": outputs.url_of(f"{job.video_id}/video.mp4"),
+        "metadata": outputs.url_of(f"{job.video_id}/metadata.json"),
+    }

@@ -1,0 +1,87 @@
+"""Per-process state of the workers: one loaded model per device, one lock per device.
+
+Model work is serialized per device (the CPU counts as one), so the attention processors a UNet
+carries are never shared between concurrent calls; I/O-bound stages run outside the lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from ..models import Captioner, StableDiffusion, load_captioner, load_stable_diffusion, resolve_device
+from ..single import VideoRequest
+
+_GUARD = threading.Lock()
+_DEVICE_LOCKS: dict[str, threading.RLock] = {}
+_MODELS: dict[tuple, StableDiffusion] = {}
+_CAPTIONERS: dict[tuple, Captioner] = {}
+
+# How many times each stage really computed in this process (not served from cache).
+COMPUTED: Counter[str] = Counter()
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a row's tasks need besides upstream results: JSON-able, no secrets, no tensors."""
+
+    video_id: str
+    request: VideoRequest
+    output_url: str
+    cache_url: str  # artifacts live under {cache_url}/artifacts
+    model: str  # as given: hub id or folder
+    model_path: str  # resolved local folder
+    revision: str
+    size: int  # model image size in pixels
+    device: str = "auto"
+    dtype: str = "auto"
+    force: bool = False
+
+    @property
+    def model_key(self) -> dict:
+        return {"model": self.model, "revision": self.revision, "size": self.size}
+
+
+def _device_name(device: str) -> str:
+    return str(resolve_device(device))
+
+
+@contextmanager
+def device_lock(device: str):
+    """Hold the device for model work: one stage at a time per device in this process."""
+    name = _device_name(device)
+    with _GUARD:
+        lock = _DEVICE_LOCKS.setdefault(name, threading.RLock())
+    with lock:
+        yield
+
+
+def stable_diffusion(job: Job) -> StableDiffusion:
+    """The process's loaded model for this job's device and dtype (loaded on first use)."""
+    key = (job.model_path, job.revision, _device_name(job.device), job.dtype)
+    with _GUARD:
+        if key not in _MODELS:
+            _MODELS[key] = load_stable_diffusion(job.model, device=job.device, dtype=job.dtype)
+        return _MODELS[key]
+
+
+def captioner(job: Job) -> Captioner:
+    key = (job.model_path, _device_name(job.device))
+    with _GUARD:
+        if key not in _CAPTIONERS:
+            _CAPTIONERS[key] = load_captioner(job.model_path, device=_device_name(job.device))
+        return _CAPTIONERS[key]
+
+
+def loaded_models() -> int:
+    """How many Stable Diffusion models this process holds."""
+    return len(_MODELS)
+
+
+def release_models() -> None:
+    """Drop every loaded model and captioner (frees memory; the next task loads again)."""
+    with _GUARD:
+        _MODELS.clear()
+        _CAPTIONERS.clear()

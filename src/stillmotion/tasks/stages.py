@@ -1,0 +1,275 @@
+"""Thin Prefect tasks over models/: load inputs from the artifact store, compute, store, return keys.
+
+Every cached stage's key is a hash of its true inputs (image bytes via their sha256, prompts,
+parameters, model id and revision, algorithm version) and is used twice: as the artifact's name
+and as the Prefect cache key. A Prefect cache record counts only while its artifact exists, so
+the artifact store stays the source of truth. Results are small JSON dicts, never tensors.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import traceback
+
+import numpy as np
+import PIL.Image
+import torch
+from prefect import task
+
+from ..models import caption_image, decode_keyframes, invert_source, render_frames, render_keyframes
+from ..models.loading import captioner_identity
+from ..models.method import Rendered, synthetic_noise
+from ..outputs import mp4_bytes, png_bytes, sha256
+from ..single import load_source, read_bytes
+from ..storage import ArtifactStore, OutputStore, Store, artifact_key
+from .runtime import COMPUTED, Job, captioner, device_lock, stable_diffusion
+
+
+@functools.lru_cache(maxsize=16)
+def artifacts(cache_url: str) -> ArtifactStore:
+    return ArtifactStore(f"{cache_url}/artifacts")
+
+
+@functools.lru_cache(maxsize=16)
+def _captioner_identity(model_path: str) -> dict:
+    model_id, _, revision = captioner_identity(model_path)
+    return {"captioner": model_id, "captioner_revision": revision}
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    known = ("ImageError", "ModelNotAvailable", "EncodeError")
+    return text if type(error).__name__ in known and text else f"{type(error).__name__}: {text}".rstrip(": ")
+
+
+def logs_failures(stage):
+    """On failure, write the one-line reason and full traceback to OUTPUT/.logs/{video_id}.txt."""
+
+    @functools.wraps(stage)
+    def wrapper(job: Job, *args, **kwargs):
+        try:
+            return stage(job, *args, **kwargs)
+        except Exception as error:
+            text = f"{one_line(error)}\n\nstage: {stage.__name__}\n{traceback.format_exc()}"
+            OutputStore(job.output_url).write_log(job.video_id, text)
+            raise
+
+    return wrapper
+
+
+def prefect_key(key: str) -> str:
+    """The Prefect cache key (and result-record name under CACHE/prefect/) of an artifact."""
+    return key.replace("/", "-")
+
+
+def cached(key_of, ext: str):
+    """A Prefect cache_key_fn: the artifact's key; when the artifact is gone, its stale record goes too."""
+
+    def cache_key_fn(context, parameters) -> str:
+        job: Job = parameters["job"]
+        key = key_of(**parameters)
+        if not artifacts(job.cache_url).has(key, ext):
+            records = Store(f"{job.cache_url}/prefect")
+            if records.exists(prefect_key(key)):
+                records.fs.rm_file(records.path(prefect_key(key)))
+        return prefect_key(key)
+
+    return cache_key_fn
+
+
+def _stage_options(name: str, key_of=None, ext: str | None = None) -> dict:
+    """Cached stages persist a JSON result record under their key; the others persist nothing."""
+    options = {
+        "name": name,
+        "task_run_name": f"{name}-{{job.video_id}}",
+        "retries": 0,
+        "persist_result": False,
+    }
+    if key_of is not None:
+        options.update(cache_key_fn=cached(key_of, ext), persist_result=True, result_serializer="json")
+    return options
+
+
+# 1. source: read the image bytes, fit them; keyed by content, so it always runs (a read + hash)
+@task(**_stage_options("source"))
+@logs_failures
+def source_stage(job: Job) -> dict:
+    """Read and hash the image; store the fitted source PNG and its fit."""
+    data = read_bytes(job.request.image)
+    digest = sha256(data)
+    key = artifact_key("source", image_sha256=digest, size=job.size)
+    store = artifacts(job.cache_url)
+    if job.force or not store.has(key, "png"):
+        image, fit = load_source(data, job.size)
+        store.put_json(key, fit)
+        store.put_file(key, "png", png_bytes(image))  # written last: the artifact's marker
+        COMPUTED["source"] += 1
+    return {"key": key, "image_sha256": digest}
+
+
+def _source_image(job: Job, source: dict) -> PIL.Image.Image:
+    import io
+
+    return PIL.Image.open(io.BytesIO(artifacts(job.cache_url).get_file(source["key"], "png"))).convert("RGB")
+
+
+# 2. caption
+def caption_key(job: Job, source: dict) -> str:
+    return artifact_key(
+        "caption", image_sha256=source["image_sha256"], size=job.size, **_captioner_identity(job.model_path)
+    )
+
+
+@task(**_stage_options("caption", caption_key, "json"))
+@logs_failures
+def caption_stage(job: Job, source: dict) -> dict:
+    """BLIP caption of the fitted source image."""
+    key, store = caption_key(job, source), artifacts(job.cache_url)
+    if job.force or not store.has(key, "json"):
+        start = time.perf_counter()
+        with device_lock(job.device):
+            blip = captioner(job)
+            text = caption_image(blip.model, blip.processor, _source_image(job, source))
+        store.put_json(
+            key,
+            {"caption": text, "seconds": time.perf_counter() - start, **_captioner_identity(job.model_path)},
+        )
+        COMPUTED["caption"] += 1
+    return {"key": key, "caption_source": "blip", **store.get_json(key)}
+
+
+# 3. inversion
+def invert_key(job: Job, source: dict, caption: dict) -> str:
+    p = job.request.params
+    regularizer = [p.reg_steps, p.auto_corr_rolls, p.lambda_auto_corr, p.lambda_kl, p.encode]
+    return artifact_key(
+        "invert",
+        image_sha256=source["image_sha256"],
+        caption=caption["caption"],
+        steps=p.steps,
+        seed=p.seed,
+        regularizer=regularizer,
+        **job.model_key,
+    )
+
+
+@task(**_stage_options("invert", invert_key, "safetensors"))
+@logs_failures
+def invert_stage(job: Job, source: dict, caption: dict) -> dict:
+    """Regularized DDIM inversion of the source: the inverted noise x_T."""
+    key, store = invert_key(job, source, caption), artifacts(job.cache_url)
+    if job.force or not store.has(key, "safetensors"):
+        start = time.perf_counter()
+        with device_lock(job.device):
+            sd = stable_diffusion(job)
+            inverted = invert_source(sd, _source_image(job, source), caption["caption"], job.request.params)
+        store.put_json(key, {"seconds": time.perf_counter() - start})
+        store.put_tensors(key, {"inverted_noise": inverted})
+        COMPUTED["invert"] += 1
+    return {"key": key, **store.get_json(key)}
+
+
+# 4. key frames (and the source frame), one guided loop
+def keyframes_key(job: Job, inverted: dict | None, caption: dict) -> str:
+    request, p = job.request, job.request.params
+    return artifact_key(
+        "keyframes",
+        inverted=inverted["key"] if inverted else None,
+        seed=p.seed if not inverted else None,
+        caption=caption["caption"],
+        synthetic=request.synthetic,
+        prompts=list(request.prompts),
+        keyframes=p.keyframes,
+        curve=p.curve,
+        steps=p.steps,
+        cfg_scale=p.cfg_scale,
+        xa_guidance=p.guidance_for(request.synthetic),
+        **job.model_key,
+    )
+
+
+@task(**_stage_options("keyframes", keyframes_key, "safetensors"))
+@logs_failures
+def keyframes_stage(job: Job, inverted: dict | None, caption: dict) -> dict:
+    """The reference pass and every key frame under cross-attention guidance."""
+    key, store = keyframes_key(job, inverted, caption), artifacts(job.cache_url)
+    if job.force or not store.has(key, "safetensors"):
+        request = job.request
+        start = time.perf_counter()
+        with device_lock(job.device):
+            sd = stable_diffusion(job)
+            if inverted:
+                noise = store.get_tensors(inverted["key"])["inverted_noise"]
+            else:
+                noise = synthetic_noise(sd, request.params.seed)
+            rendered = render_keyframes(
+                sd, noise, caption["caption"], list(request.prompts), request.params, request.synthetic
+            )
+        seconds = time.perf_counter() - start
+        store.put_json(key, {"seconds": seconds, "truncated_prompts": rendered.truncated_prompts})
+        store.put_tensors(
+            key, {"source_latent": rendered.source_latent, "keyframe_latents": rendered.keyframe_latents}
+        )
+        COMPUTED["keyframes"] += 1
+    return {"key": key, **store.get_json(key)}
+
+
+# 5. frames: spline insertion and VAE decode
+def frames_key(job: Job, keyframes: dict) -> str:
+    p = job.request.params
+    return artifact_key(
+        "frames", keyframes=keyframes["key"], k=p.keyframes, n=p.frames_per_segment, **job.model_key
+    )
+
+
+def _uint8(images: torch.Tensor) -> torch.Tensor:
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+@task(**_stage_options("frames", frames_key, "safetensors"))
+@logs_failures
+def frames_stage(job: Job, keyframes: dict) -> dict:
+    """Spline frames between the anchors, decoded, with the decoded key frames (uint8 NHWC)."""
+    key, store = frames_key(job, keyframes), artifacts(job.cache_url)
+    if job.force or not store.has(key, "safetensors"):
+        start = time.perf_counter()
+        latents = store.get_tensors(keyframes["key"])
+        with device_lock(job.device):
+            sd = stable_diffusion(job)
+            rendered = Rendered(
+                latents["source_latent"].to(sd.device), latents["keyframe_latents"].to(sd.device)
+            )
+            frames = _uint8(render_frames(sd, rendered, job.request.params))
+            keyframe_images = _uint8(decode_keyframes(sd, rendered, job.request.params))
+        store.put_json(key, {"seconds": time.perf_counter() - start})
+        store.put_tensors(key, {"frames": frames, "keyframes": keyframe_images})
+        COMPUTED["frames"] += 1
+    return {"key": key, **store.get_json(key)}
+
+
+def frame_images(job: Job, frames: dict) -> tuple[list[PIL.Image.Image], list[PIL.Image.Image]]:
+    tensors = artifacts(job.cache_url).get_tensors(frames["key"])
+    return [
+        [PIL.Image.fromarray(np.asarray(frame)) for frame in tensors[name]]
+        for name in ("frames", "keyframes")
+    ]
+
+
+# 6. encode
+def encode_key(job: Job, frames: dict) -> str:
+    return artifact_key("encode", frames=frames["key"], fps=job.request.params.fps, crf=18)
+
+
+@task(**_stage_options("encode", encode_key, "mp4"))
+@logs_failures
+def encode_stage(job: Job, frames: dict) -> dict:
+    """H.264 MP4 of the frames."""
+    key, store = encode_key(job, frames), artifacts(job.cache_url)
+    if job.force or not store.has(key, "mp4"):
+        start = time.perf_counter()
+        video = mp4_bytes(frame_images(job, frames)[0], fps=job.request.params.fps)
+        store.put_json(key, {"seconds": time.perf_counter() - start})
+        store.put_file(key, "mp4", video)
+        COMPUTED["encode"] += 1
+    return {"key": key, **store.get_json(key)}
