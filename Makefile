@@ -20,13 +20,12 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/stillmotion make-tiny-model $(DEMO)/tiny-model
-	$(BIN)/stillmotion generate --model $(DEMO)/tiny-model --image manifests/examples/images/lighthouse.png \
-		--prompt "a lighthouse at night" --prompt "a lighthouse in snow" --keyframes 3 --steps 20 \
-		--out $(DEMO)/lighthouse
+	$(BIN)/stillmotion run manifests/examples/manifest.parquet --output $(DEMO)/videos --model $(DEMO)/tiny-model
 	@echo
-	@echo "Demo video: $(DEMO)/lighthouse/video.mp4 (tiny random model: it proves the pipeline, not the looks)"
-	@echo "With real weights (GPU recommended): $(BIN)/stillmotion generate --model CompVis/stable-diffusion-v1-4 \\"
-	@echo "    --image manifests/examples/images/lighthouse.png --prompt 'a lighthouse at night' --out out/lighthouse"
+	@echo "Videos: $(DEMO)/videos/*/video.mp4, results: $(DEMO)/videos/results.parquet"
+	@echo "(a tiny random model: it proves the pipeline, not the looks). Run it again: everything is cached."
+	@echo "With real weights (GPU recommended):"
+	@echo "  $(BIN)/stillmotion run manifests/examples/manifest.parquet --output out/ --model CompVis/stable-diffusion-v1-4"
 
 test: setup
 	$(BIN)/pytest -q

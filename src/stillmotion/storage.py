@@ -124,6 +124,8 @@ class OutputStore(Store):
     def publish(self, video_id: str, files: dict[str, bytes], metadata: dict) -> None:
         """Write a video's files, metadata.json last; on local disk stage and rename into place."""
         if self.local:
+            for stale in self.fs.glob(self.path(f".staging/{video_id}-*")):  # left by a killed run
+                self.fs.rm(stale, recursive=True)
             staging = f".staging/{video_id}-{uuid.uuid4().hex[:8]}"
             self.write_folder(staging, files, metadata)
             final = self.path(video_id)
