@@ -147,6 +147,11 @@ class OutputStore(Store):
     def write_log(self, video_id: str, text: str) -> None:
         self.write_bytes(f".logs/{video_id}.txt", text.encode())
 
+    def clear_log(self, video_id: str) -> None:
+        """Remove the failure log of a row that has now succeeded."""
+        if self.exists(f".logs/{video_id}.txt"):
+            self.fs.rm_file(self.path(f".logs/{video_id}.txt"))
+
     def read_log_reason(self, video_id: str) -> str | None:
         """The first line of a failed row's log: its one-line reason."""
         try:

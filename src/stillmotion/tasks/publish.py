@@ -57,6 +57,7 @@ def publish_stage(
     )
     metadata["artifacts"] = {name: stage["key"] for name, stage in stages.items() if stage and "key" in stage}
     outputs.publish(job.video_id, files, metadata)
+    outputs.clear_log(job.video_id)
     return {
         "video": outputs.url_of(f"{job.video_id}/video.mp4"),
         "metadata": outputs.url_of(f"{job.video_id}/metadata.json"),

@@ -9,6 +9,7 @@ the artifact store stays the source of truth. Results are small JSON dicts, neve
 from __future__ import annotations
 
 import functools
+import io
 import time
 import traceback
 
@@ -17,12 +18,21 @@ import PIL.Image
 import torch
 from prefect import task
 
-from ..models import caption_image, decode_keyframes, invert_source, render_frames, render_keyframes
+from ..models import (
+    ImageError,
+    ModelNotAvailable,
+    caption_image,
+    decode_keyframes,
+    invert_source,
+    render_frames,
+    render_keyframes,
+)
 from ..models.loading import captioner_identity
 from ..models.method import Rendered, synthetic_noise
 from ..outputs import mp4_bytes, png_bytes, sha256
 from ..single import load_source, read_bytes
 from ..storage import ArtifactStore, OutputStore, Store, artifact_key
+from ..video import EncodeError
 from .runtime import COMPUTED, Job, captioner, device_lock, stable_diffusion
 
 
@@ -38,9 +48,11 @@ def _captioner_identity(model_path: str) -> dict:
 
 
 def one_line(error: BaseException) -> str:
+    """A failure's reason in one line: the message of errors a user can fix, else type and message."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    known = ("ImageError", "ModelNotAvailable", "EncodeError")
-    return text if type(error).__name__ in known and text else f"{type(error).__name__}: {text}".rstrip(": ")
+    if isinstance(error, ImageError | ModelNotAvailable | EncodeError) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def logs_failures(stage):
@@ -109,8 +121,6 @@ def source_stage(job: Job) -> dict:
 
 
 def _source_image(job: Job, source: dict) -> PIL.Image.Image:
-    import io
-
     return PIL.Image.open(io.BytesIO(artifacts(job.cache_url).get_file(source["key"], "png"))).convert("RGB")
 
 
