@@ -35,20 +35,30 @@ def test_sigkill_mid_run_then_resume(tiny_model_dir, tmp_path):
     for i in range(ROWS):
         rng = np.random.default_rng(i)
         PIL.Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(images / f"{i}.png")
-    table = pa.table({
-        "video_id": [f"v{i}" for i in range(ROWS)],
-        "image": [f"{i}.png" for i in range(ROWS)],
-        "caption": ["a photo"] * ROWS,
-        "prompts": [["a dog", "a cat"]] * ROWS,
-        "steps": [12] * ROWS,
-        "keyframes": [2] * ROWS,
-    })
+    table = pa.table(
+        {
+            "video_id": [f"v{i}" for i in range(ROWS)],
+            "image": [f"{i}.png" for i in range(ROWS)],
+            "caption": ["a photo"] * ROWS,
+            "prompts": [["a dog", "a cat"]] * ROWS,
+            "steps": [12] * ROWS,
+            "keyframes": [2] * ROWS,
+        }
+    )
     manifest = images / "manifest.parquet"
     pq.write_table(table, manifest)
     output = tmp_path / "out"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": ""}
-    args = [str(manifest), "--output", str(output), "--model", str(tiny_model_dir), "--no-progress",
-            "--in-flight", "1"]
+    args = [
+        str(manifest),
+        "--output",
+        str(output),
+        "--model",
+        str(tiny_model_dir),
+        "--no-progress",
+        "--in-flight",
+        "1",
+    ]
 
     # 1. start, wait for two published videos, kill the whole process group
     process = run(args, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

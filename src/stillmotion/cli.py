@@ -252,10 +252,22 @@ def _storage_options(text: str | None) -> dict:
     return options
 
 
+def _configure_storage(options_json: str | None, *urls: str | None) -> None:
+    """--storage-options apply to the protocol of every remote URL given; set in the environment too,
+    so worker processes inherit them (never as flow parameters, which Prefect's UI shows)."""
+    from .storage import STORAGE_OPTIONS_ENV, configure_storage, protocol_of
+
+    options = _storage_options(options_json)
+    if not options:
+        return
+    protocols = {protocol_of(url) for url in urls if url} - {"file"}
+    by_protocol = {protocol: options for protocol in protocols}
+    os.environ[STORAGE_OPTIONS_ENV] = json.dumps(by_protocol)
+    configure_storage(by_protocol)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    options = _storage_options(args.storage_options)
-    if options:  # the flow reads them from the environment: never a flow parameter
-        os.environ["STILLMOTION_STORAGE_OPTIONS"] = json.dumps(options)
+    _configure_storage(args.storage_options, args.manifest, args.output, args.cache)
     # row failures are reported in results.parquet and .logs/, not as tracebacks on the terminal
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -287,7 +299,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .manifests import print_validation
 
-    return print_validation(args.manifest, _storage_options(args.storage_options))
+    _configure_storage(args.storage_options, args.manifest)
+    return print_validation(args.manifest)
 
 
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ import os
 import uuid
 
 import fsspec
+import fsspec.config
 import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
@@ -23,11 +24,26 @@ from safetensors.torch import save as save_tensors
 from . import ALGORITHM_VERSION
 from .outputs import METADATA, metadata_bytes
 
+STORAGE_OPTIONS_ENV = "STILLMOTION_STORAGE_OPTIONS"
 
-def storage_options_from_env() -> dict:
-    """Storage options (e.g. an S3 endpoint) from $STILLMOTION_STORAGE_OPTIONS, never from parameters."""
-    text = os.environ.get("STILLMOTION_STORAGE_OPTIONS", "").strip()
-    return json.loads(text) if text else {}
+
+def protocol_of(url: str) -> str:
+    """`s3` for s3://bucket/key, `file` for local paths."""
+    protocol = fsspec.core.split_protocol(url)[0]
+    return "file" if protocol in (None, "file", "local") else protocol
+
+
+def configure_storage(options_by_protocol: dict[str, dict] | None = None) -> None:
+    """Apply fsspec options per protocol, process-wide: every filesystem of that protocol gets them.
+
+    They come from the argument or from $STILLMOTION_STORAGE_OPTIONS (JSON: {"s3": {...}}), so
+    endpoints and credentials are never flow parameters, task inputs or Prefect block settings.
+    """
+    if options_by_protocol is None:
+        text = os.environ.get(STORAGE_OPTIONS_ENV, "").strip()
+        options_by_protocol = json.loads(text) if text else {}
+    for protocol, options in options_by_protocol.items():
+        fsspec.config.conf.setdefault(protocol, {}).update(options)
 
 
 def artifact_key(kind: str, **inputs) -> str:
@@ -43,8 +59,7 @@ class Store:
 
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
         self.url = url.rstrip("/")
-        self.storage_options = storage_options if storage_options is not None else storage_options_from_env()
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
         self.root = self.root.rstrip("/")
         self.local = "file" in _protocols(self.fs)
 

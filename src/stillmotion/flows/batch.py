@@ -20,7 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from ..manifests import iter_manifest, manifest_summary
 from ..models.loading import inspect_model
-from ..storage import OutputStore, storage_options_from_env
+from ..storage import OutputStore, configure_storage
 from ..tasks import (
     Job,
     caption_stage,
@@ -130,14 +130,14 @@ def batch_flow(
 ) -> dict:
     """Make every video of a manifest; returns the counts {rows, done, cached, failed, seconds}."""
     # 1. stores: fail the run (not a row) when the output cannot be written
-    storage_options = storage_options_from_env()
-    outputs = OutputStore(output, storage_options)
+    configure_storage()  # options per protocol from the environment, never from parameters
+    outputs = OutputStore(output)
     cache_url = (cache or f"{output}/.cache").rstrip("/")
     try:
         outputs.write_bytes(".stillmotion-run", f"{time.time()}\n".encode())
     except Exception as error:  # noqa: BLE001 - any failure here means "cannot write the output"
         raise RunError(f"cannot write to output {output}: {error}") from None
-    rows, extra_fields = manifest_summary(manifest, storage_options)
+    rows, extra_fields = manifest_summary(manifest)
     total = rows if limit is None else min(rows, limit)
     tracker = RunTracker(outputs, total, extra_fields, show_progress=show_progress)
     stages = _stages(cache_url, force)
@@ -145,7 +145,7 @@ def batch_flow(
 
     # 2. stream rows: failed and complete rows are recorded at once, the rest become task chains
     pending: deque = deque()
-    for row in iter_manifest(manifest, storage_options, limit=limit):
+    for row in iter_manifest(manifest, limit=limit):
         if row.error is not None:
             tracker.add(
                 row.index,

@@ -1,0 +1,313 @@
+"""Orchestration benchmark: N-row manifests through the real `stillmotion run` with the cheapest settings.
+
+    .venv/bin/python benchmarks/orchestration.py --rows 1000 --mode both --json /tmp/orch.json
+
+Per row count and variant: a tiny model, a manifest (keyframes 1, frames 1, steps 1), a fresh
+PREFECT_HOME (embedded server, SQLite), a 1-row warm-up run that creates the database, then the
+cold run and the cached rerun of the real CLI as a subprocess. Measured: wall time, exit status,
+peak RSS of the CLI process and of its process tree (psutil, every 0.2 s), Prefect database growth
+(prefect.db + -wal, and after a WAL checkpoint), overhead per row = (wall - sum of the per-stage
+timings in every metadata.json) / rows, and Prefect's own per-task-run timings from the database.
+`--mode rerun` without a finished output clones one finished video folder (hard links) to every id:
+the rerun only looks up metadata.json, so this measures the same code path without the cold run.
+Targets (the orchestration issue): cached rerun of 1,000 rows <= 30 s; peak RSS at 10,000 rows
+<= 1.2x that at 1,000 rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+RERUN_TARGET_S, RSS_TARGET_RATIO = 30.0, 1.2
+SUMMARY = re.compile(r"(\d+) rows: (\d+) made, (\d+) already complete, (\d+) failed")
+
+
+def cli() -> list[str]:
+    script = Path(sys.executable).parent / "stillmotion"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "stillmotion.cli"]
+
+
+def write_manifest(folder: Path, rows: int, variant: str) -> Path:
+    """Cheapest rows: one prompt, 1 key frame, 1 frame, 1 step; `real` reuses 4 small PNGs with a caption."""
+    folder.mkdir(parents=True, exist_ok=True)
+    columns = {"video_id": [f"v{i:06d}" for i in range(rows)]}
+    if variant == "real":
+        rng = np.random.default_rng(0)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+        columns |= {"image": [f"img{i % 4}.png" for i in range(rows)], "caption": ["a photo"] * rows}
+    else:
+        columns["source_prompt"] = ["a red circle"] * rows
+    columns |= {"prompts": [["a blue circle"]] * rows, "keyframes": [1] * rows}
+    columns |= {"frames": [1] * rows, "steps": [1] * rows}
+    path = folder / "manifest.parquet"
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def measure(command: list[str], env: dict, output: Path, rows: int, interval: float = 0.2) -> dict:
+    """Run one command; poll its RSS and its children's; note the peak as each quarter of rows is done."""
+    start = time.monotonic()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    root = psutil.Process(proc.pid)
+    peak_cli = peak_tree = peak_child = cli_rss = 0
+    quarters, last_count = {}, 0.0
+    while proc.poll() is None:
+        try:
+            cli_rss = root.memory_info().rss
+            children = [c.memory_info().rss for c in root.children(recursive=True)]
+        except psutil.Error:  # exited, or a child vanished between listing and reading
+            children = []
+        peak_cli, peak_child = max(peak_cli, cli_rss), max([peak_child, *children])
+        peak_tree = max(peak_tree, cli_rss + sum(children))
+        if time.monotonic() - last_count > 2 and output.exists():
+            last_count, done = time.monotonic(), sum(1 for _ in output.glob("*/metadata.json"))
+            for q in (25, 50, 75, 100):
+                if done * 100 >= q * rows and q not in quarters:
+                    quarters[q] = peak_tree
+        time.sleep(interval)
+    wall = time.monotonic() - start
+    log = proc.stdout.read()
+    counts = SUMMARY.search(log)
+    return {
+        "wall_s": round(wall, 2),
+        "rc": proc.returncode,
+        "made_cached_failed": [int(x) for x in counts.groups()[1:]] if counts else None,
+        "peak_rss_cli_mb": round(peak_cli / 2**20, 1),
+        "peak_rss_tree_mb": round(peak_tree / 2**20, 1),
+        "peak_rss_largest_child_mb": round(peak_child / 2**20, 1),
+        "peak_tree_mb_at_rows_pct": {q: round(v / 2**20, 1) for q, v in quarters.items()},
+        "log_tail": log[-600:] if proc.returncode else log.strip().splitlines()[-1:],
+    }
+
+
+def db_stats(home: Path) -> dict:
+    """Prefect's SQLite database: raw size (db + wal), size after a WAL checkpoint, and row counts."""
+    db = home / "prefect.db"
+    if not db.exists():
+        return {"raw_bytes": 0, "bytes": 0, "task_runs": 0, "events": 0}
+    raw = sum(p.stat().st_size for p in (db, home / "prefect.db-wal") if p.exists())
+    with sqlite3.connect(db) as con:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("task_run", "events")}
+    return {
+        "raw_bytes": raw,
+        "bytes": db.stat().st_size,
+        "task_runs": counts["task_run"],
+        "events": counts["events"],
+    }
+
+
+def task_timings(home: Path) -> dict:
+    """Per stage, from Prefect's task_run table: runs, mean Running time, mean Pending->Running ms."""
+    run = "(julianday(total_run_time) - julianday('1970-01-01')) * 86400000.0"
+    pending = "(julianday(start_time) - julianday(expected_start_time)) * 86400000.0"
+    query = (
+        f"SELECT substr(name, 1, instr(name, '-') - 1) AS stage, count(*), avg({run}), avg({pending})"
+        " FROM task_run GROUP BY stage"
+    )
+    with sqlite3.connect(home / "prefect.db") as con:
+        rows = con.execute(query).fetchall()
+    return {s: {"runs": n, "run_ms": round(run, 1), "pending_ms": round(pend, 1)} for s, n, run, pend in rows}
+
+
+def compute_seconds(output: Path) -> dict:
+    """Sum of the per-stage compute timings recorded in every metadata.json."""
+    totals: dict[str, float] = {}
+    for path in output.glob("*/metadata.json"):
+        for stage, seconds in json.loads(path.read_text())["timings"].items():
+            totals[stage] = totals.get(stage, 0.0) + seconds
+    return {k: round(v, 2) for k, v in totals.items()}
+
+
+def clone_outputs(output: Path, rows: int) -> None:
+    """Make every row complete by hard-linking the first finished folder under each missing id."""
+    first = next(output.glob("*/metadata.json")).parent
+    for i in range(rows):
+        target = output / f"v{i:06d}"
+        if not target.exists():
+            shutil.copytree(first, target, copy_function=os.link)
+
+
+def run_case(rows: int, variant: str, mode: str, workdir: Path, model: Path) -> dict:
+    case = workdir / f"{variant}-{rows}"
+    manifest, output, home = write_manifest(case, rows, variant), case / "out", case / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(home), "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # a busy 2-core machine starts slowly
+
+    def command(man: Path, out: Path) -> list[str]:
+        return [*cli(), "run", str(man), "--output", str(out), "--model", str(model), "--no-progress"]
+
+    shown = f"stillmotion run {case.name}/manifest.parquet --output {case.name}/out --model tiny-model"
+    shown += " --no-progress"
+    result: dict = {"rows": rows, "variant": variant, "command": shown, "cli": cli()}
+    if not (home / "prefect.db").exists():  # warm-up: creates the database, so growth is per row
+        warm = write_manifest(case / "warmup", 1, variant)
+        result["warmup"] = measure(command(warm, case / "warmup" / "out"), env, case / "warmup" / "out", 1)
+    runs = ["cold", "rerun"] if mode == "both" else [mode]
+    if mode == "rerun" and not output.exists():
+        small = write_manifest(case / "seed", min(rows, 4), variant)
+        measure(command(small, output), env, output, min(rows, 4))
+        clone_outputs(output, rows)
+        result["rerun_prepared_by"] = "cloning 1 finished folder (hard links), no cold run"
+    for name in runs:
+        if name == "cold" and output.exists():
+            shutil.rmtree(output)
+        before = db_stats(home)
+        run = measure(command(manifest, output), env, output, rows)
+        after = db_stats(home)
+        run["db_before_bytes"], run["db_after_bytes"] = before["bytes"], after["bytes"]
+        run["db_after_raw_bytes"] = after["raw_bytes"]
+        run["db_kb_per_row"] = round((after["bytes"] - before["bytes"]) / 1024 / rows, 2)
+        run["task_runs_added"] = after["task_runs"] - before["task_runs"]
+        run["events_added"] = after["events"] - before["events"]
+        run["rows_per_s"] = round(rows / run["wall_s"], 2)
+        if name == "cold":
+            run["compute_s"] = compute_seconds(output)
+            run["prefect_task_runs"] = task_timings(home)
+            run["overhead_ms_per_row"] = round(
+                1000 * (run["wall_s"] - sum(run["compute_s"].values())) / rows, 1
+            )
+        else:
+            run["overhead_ms_per_row"] = round(1000 * run["wall_s"] / rows, 1)
+        result[name] = run
+    return result
+
+
+def machine() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": model.group(1).strip() if model else platform.processor(),
+        "cores": os.cpu_count(),
+        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
+        "commit": commit.stdout.strip() or "unknown",
+        "python": platform.python_version(),
+    }
+
+
+def verdicts(results: list[dict]) -> list[str]:
+    lines = []
+    for r in results:
+        if "rerun" in r and r["rows"] == 1000:
+            ok = r["rerun"]["wall_s"] <= RERUN_TARGET_S and r["rerun"]["rc"] == 0
+            lines.append(
+                f"cached rerun of 1,000 rows ({r['variant']}): {r['rerun']['wall_s']} s "
+                f"(target <= {RERUN_TARGET_S:.0f} s): {'PASS' if ok else 'FAIL'}"
+            )
+    for kind in ("cold", "rerun"):
+        by_rows = {(r["rows"], r["variant"]): r[kind]["peak_rss_tree_mb"] for r in results if kind in r}
+        for (rows, variant), small in by_rows.items():
+            large = by_rows.get((10 * rows, variant))
+            if rows == 1000 and large:
+                verdict = "PASS" if large <= RSS_TARGET_RATIO * small else "FAIL"
+                lines.append(
+                    f"peak RSS (tree), {kind} {variant}: 10,000 rows {large} MB / 1,000 rows {small} "
+                    f"MB = {large / small:.2f}x (target <= {RSS_TARGET_RATIO}x): {verdict}"
+                )
+    return lines or ["no target applies to these row counts (targets need 1,000 and 10,000 rows)"]
+
+
+def report(info: dict, argv: list[str], results: list[dict]) -> str:
+    head = "| rows | variant | run | rc | made/cached/failed | wall s | rows/s | overhead ms/row "
+    head += "| peak RSS CLI MB | peak RSS tree MB | DB KB/row | task runs | events |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        for kind in ("warmup", "cold", "rerun"):
+            if kind in r:
+                m = r[kind]
+                lines.append(
+                    f"| {r['rows']:,} | {r['variant']} | {kind} | {m['rc']} | {m['made_cached_failed']} "
+                    f"| {m['wall_s']} | {m.get('rows_per_s', '')} | {m.get('overhead_ms_per_row', '')} "
+                    f"| {m['peak_rss_cli_mb']} | {m['peak_rss_tree_mb']} | {m.get('db_kb_per_row', '')} "
+                    f"| {m.get('task_runs_added', '')} | {m.get('events_added', '')} |"
+                )
+    detail = []
+    for r in results:
+        if "cold" in r:
+            c = r["cold"]
+            detail.append(
+                f"- {r['variant']} {r['rows']:,} cold: compute s by stage {c['compute_s']}; "
+                f"Prefect task runs {c['prefect_task_runs']}; peak tree MB when 25/50/75/100 % of rows "
+                f"were done {c['peak_tree_mb_at_rows_pct']}; DB after {c['db_after_bytes'] / 2**20:.1f} MB"
+            )
+        if "rerun_prepared_by" in r:
+            detail.append(
+                f"- {r['variant']} {r['rows']:,} rerun: output prepared by {r['rerun_prepared_by']}"
+            )
+    return "\n".join(
+        [
+            f"### Orchestration benchmark ({info['date']})",
+            "",
+            f"Machine: {info['cpu']}, {info['cores']} cores (load {info['load_avg_1m_at_start']} at start), "
+            f"Python {info['python']}, commit `{info['commit']}`.",
+            f"Command: `python benchmarks/orchestration.py {' '.join(argv)}`; each run is "
+            f"`{results[0]['command']}` with a fresh PREFECT_HOME (embedded server).",
+            "",
+            *lines,
+            "",
+            *detail,
+            "",
+            *(f"- {v}" for v in verdicts(results)),
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, action="append", help="manifest rows (repeatable; default 1000)")
+    parser.add_argument("--mode", choices=["cold", "rerun", "both"], default="both")
+    parser.add_argument(
+        "--variant",
+        choices=["synthetic", "real"],
+        action="append",
+        help="synthetic: source_prompt rows; real: 4 small PNGs with a caption (default synthetic)",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="where models, manifests and outputs go (default: a temp dir)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    args = parser.parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="stillmotion-orch-"))
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = workdir / "tiny-model"
+    if not (model / "model_index.json").exists():
+        subprocess.run([*cli(), "make-tiny-model", str(model)], check=True, stdout=subprocess.DEVNULL)
+    info, results = machine(), []
+    for rows in args.rows or [1000]:
+        for variant in args.variant or ["synthetic"]:
+            print(f"== {variant}, {rows:,} rows, mode {args.mode} (workdir {workdir})", flush=True)
+            results.append(run_case(rows, variant, args.mode, workdir, model))
+            print(json.dumps(results[-1], indent=1), flush=True)
+    text = report(info, argv if argv is not None else sys.argv[1:], results)
+    print("\n" + text)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "results": results, "markdown": text}, indent=1))
+    return 0 if all(r[k]["rc"] == 0 for r in results for k in ("cold", "rerun") if k in r) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
