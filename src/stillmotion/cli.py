@@ -124,7 +124,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--cache", metavar="CACHE_URL", help="artifact and result cache (default OUTPUT_URL/.cache)"
     )
-    run.add_argument("--runner", choices=["local"], default="local", help="task runner (local threads)")
+    run.add_argument(
+        "--runner",
+        choices=["local", "dask"],
+        default="local",
+        help="local: threads in this process; dask: a Dask cluster (needs a real Prefect server, see README)",
+    )
+    run.add_argument(
+        "--dask-address",
+        metavar="tcp://HOST:PORT",
+        help="join this Dask scheduler (workers started with `--resources GPU=1`); default: a local cluster",
+    )
+    run.add_argument(
+        "--dask-workers",
+        type=_positive("--dask-workers"),
+        help="workers of the local Dask cluster (default: one per GPU, or 2 on a CPU machine)",
+    )
     run.add_argument("--limit", type=_positive("--limit", 0), help="run only the first N rows")
     run.add_argument(
         "--force", action="store_true", help="recompute everything, ignoring complete videos and cache"
@@ -140,6 +155,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _add_model_options(run)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the batch flow on a schedule (a long-running process; needs a Prefect server)",
+        description="Register a scheduled deployment of the batch flow on the Prefect server at "
+        "$PREFECT_API_URL and serve it from this process until interrupted: each scheduled (or manually "
+        "triggered) run makes every missing video of MANIFEST_URL.",
+    )
+    serve.add_argument("manifest", metavar="MANIFEST_URL")
+    serve.add_argument("--output", required=True, metavar="OUTPUT_URL")
+    serve.add_argument("--cache", metavar="CACHE_URL", help="default OUTPUT_URL/.cache")
+    serve.add_argument("--cron", default="0 2 * * *", help='schedule, cron syntax (default "0 2 * * *")')
+    serve.add_argument("--name", default="stillmotion-nightly", help="deployment name (stillmotion-nightly)")
+    serve.add_argument("--storage-options", metavar="JSON", help="fsspec options for the URLs (JSON)")
+    _add_model_options(serve)
 
     validate = commands.add_parser(
         "validate",
@@ -266,14 +296,49 @@ def _configure_storage(options_json: str | None, *urls: str | None) -> None:
     configure_storage(by_protocol)
 
 
+def _require_server(what: str) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise UsageError(
+            f"{what} needs a real Prefect server: start one with `prefect server start --host 127.0.0.1 "
+            "--port 4200` and `export PREFECT_API_URL=http://127.0.0.1:4200/api`"
+        )
+
+
+def _task_runner(args: argparse.Namespace):
+    """None for the flow's own thread runner, else a DaskTaskRunner (one "GPU" slot per worker)."""
+    if args.runner == "local":
+        if args.dask_address or args.dask_workers:
+            raise UsageError("--dask-address and --dask-workers need --runner dask")
+        return None
+    _require_server("--runner dask")
+    from prefect_dask import DaskTaskRunner
+
+    if args.dask_address:
+        return DaskTaskRunner(address=args.dask_address)
+    import torch
+
+    workers = args.dask_workers or torch.cuda.device_count() or 2
+    cluster = {
+        "n_workers": workers,
+        "threads_per_worker": 2,
+        "resources": {"GPU": 1},
+        "dashboard_address": None,
+    }
+    return DaskTaskRunner(cluster_kwargs=cluster)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _configure_storage(args.storage_options, args.manifest, args.output, args.cache)
+    runner = _task_runner(args)
     # row failures are reported in results.parquet and .logs/, not as tracebacks on the terminal
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from .flows import batch_flow
 
-    summary = batch_flow(
+    flow = batch_flow if runner is None else batch_flow.with_options(task_runner=runner)
+    summary = flow(
         manifest=args.manifest,
         output=args.output,
         cache=args.cache,
@@ -296,6 +361,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    _configure_storage(args.storage_options, args.manifest, args.output, args.cache)
+    _require_server("serve")
+    from prefect.types.entrypoint import EntrypointType
+
+    from .flows import batch_flow
+
+    parameters = {
+        "manifest": args.manifest,
+        "output": args.output,
+        "cache": args.cache,
+        "model": args.model,
+        "device": args.device,
+        "dtype": args.dtype,
+    }
+    batch_flow.serve(
+        name=args.name, cron=args.cron, parameters=parameters, entrypoint_type=EntrypointType.MODULE_PATH
+    )
+    return EXIT_OK
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .manifests import print_validation
 
@@ -314,6 +400,7 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
 COMMANDS = {
     "generate": cmd_generate,
     "run": cmd_run,
+    "serve": cmd_serve,
     "validate": cmd_validate,
     "make-tiny-model": cmd_make_tiny_model,
 }

@@ -9,12 +9,14 @@ encode -> publish, with at most `in_flight` rows submitted at once so memory sta
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections import deque
 from pathlib import Path
 
 from prefect import flow
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -66,7 +68,16 @@ def _result_storage(url: str):
     return RemoteFileSystem.load(name)
 
 
-def submit_row(stages: dict, job: Job) -> list[PrefectFuture]:
+def gpu_slot(runner) -> contextlib.AbstractContextManager:
+    """Under Dask, model stages take a worker's one "GPU" resource, so no worker runs two at once."""
+    if type(runner).__name__ != "DaskTaskRunner":
+        return contextlib.nullcontext()
+    import dask
+
+    return dask.annotate(resources={"GPU": 1})
+
+
+def submit_row(stages: dict, job: Job, runner=None) -> list[PrefectFuture]:
     """Submit one row's chain of tasks; returns its futures, the publish future last."""
     request, futures = job.request, []
     source = inverted = None
@@ -78,12 +89,15 @@ def submit_row(stages: dict, job: Job) -> list[PrefectFuture]:
         if request.caption:
             caption = {"caption": request.caption, "caption_source": "user"}
         else:
-            caption = stages["caption"].submit(job, source)
+            with gpu_slot(runner):
+                caption = stages["caption"].submit(job, source)
             futures.append(caption)
-        inverted = stages["invert"].submit(job, source, caption)
+        with gpu_slot(runner):
+            inverted = stages["invert"].submit(job, source, caption)
         futures.append(inverted)
-    keyframes = stages["keyframes"].submit(job, inverted, caption)
-    frames = stages["frames"].submit(job, keyframes)
+    with gpu_slot(runner):
+        keyframes = stages["keyframes"].submit(job, inverted, caption)
+        frames = stages["frames"].submit(job, keyframes)
     encoded = stages["encode"].submit(job, frames)
     published = stages["publish"].submit(job, source, caption, inverted, keyframes, frames, encoded)
     return [*futures, keyframes, frames, encoded, published]
@@ -141,6 +155,7 @@ def batch_flow(
     total = rows if limit is None else min(rows, limit)
     tracker = RunTracker(outputs, total, extra_fields, show_progress=show_progress)
     stages = _stages(cache_url, force)
+    runner = FlowRunContext.get().task_runner
     info = None  # the model is resolved (not loaded) only when some row needs work
 
     # 2. stream rows: failed and complete rows are recorded at once, the rest become task chains
@@ -181,7 +196,7 @@ def batch_flow(
             dtype,
             force,
         )
-        pending.append((row, submit_row(stages, job), time.monotonic()))
+        pending.append((row, submit_row(stages, job, runner), time.monotonic()))
         while len(pending) >= max(1, in_flight):
             _finish(tracker, outputs, *pending.popleft())
     while pending:

@@ -6,10 +6,14 @@ carries are never shared between concurrent calls; I/O-bound stages run outside 
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+import torch
 
 from ..models import Captioner, StableDiffusion, load_captioner, load_stable_diffusion, resolve_device
 from ..single import VideoRequest
@@ -45,7 +49,26 @@ class Job:
 
 
 def _device_name(device: str) -> str:
+    """`auto` on a Dask worker of a multi-GPU box takes GPU (worker number mod GPU count)."""
+    if device == "auto" and torch.cuda.device_count() > 1:
+        worker = _dask_worker_name()
+        if isinstance(worker, int):
+            return f"cuda:{worker % torch.cuda.device_count()}"
     return str(resolve_device(device))
+
+
+def _dask_worker_name():
+    try:
+        from distributed import get_worker
+
+        return get_worker().name
+    except (ImportError, ValueError):  # not inside a Dask worker
+        return None
+
+
+def worker_label() -> str:
+    """host:pid of this process, recorded with each stage's timing."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @contextmanager
@@ -63,7 +86,7 @@ def stable_diffusion(job: Job) -> StableDiffusion:
     key = (job.model_path, job.revision, _device_name(job.device), job.dtype)
     with _GUARD:
         if key not in _MODELS:
-            _MODELS[key] = load_stable_diffusion(job.model, device=job.device, dtype=job.dtype)
+            _MODELS[key] = load_stable_diffusion(job.model, device=key[2], dtype=job.dtype)
         return _MODELS[key]
 
 
@@ -71,7 +94,7 @@ def captioner(job: Job) -> Captioner:
     key = (job.model_path, _device_name(job.device))
     with _GUARD:
         if key not in _CAPTIONERS:
-            _CAPTIONERS[key] = load_captioner(job.model_path, device=_device_name(job.device))
+            _CAPTIONERS[key] = load_captioner(job.model_path, device=key[1])
         return _CAPTIONERS[key]
 
 

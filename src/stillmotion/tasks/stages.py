@@ -31,9 +31,9 @@ from ..models.loading import captioner_identity
 from ..models.method import Rendered, synthetic_noise
 from ..outputs import mp4_bytes, png_bytes, sha256
 from ..single import load_source, read_bytes
-from ..storage import ArtifactStore, OutputStore, Store, artifact_key
+from ..storage import ArtifactStore, OutputStore, Store, artifact_key, configure_storage
 from ..video import EncodeError
-from .runtime import COMPUTED, Job, captioner, device_lock, stable_diffusion
+from .runtime import COMPUTED, Job, captioner, device_lock, stable_diffusion, worker_label
 
 
 @functools.lru_cache(maxsize=16)
@@ -56,10 +56,14 @@ def one_line(error: BaseException) -> str:
 
 
 def logs_failures(stage):
-    """On failure, write the one-line reason and full traceback to OUTPUT/.logs/{video_id}.txt."""
+    """On failure, write the one-line reason and full traceback to OUTPUT/.logs/{video_id}.txt.
+
+    Also applies the environment's storage options, which a Dask worker process has not done yet.
+    """
 
     @functools.wraps(stage)
     def wrapper(job: Job, *args, **kwargs):
+        configure_storage()
         try:
             return stage(job, *args, **kwargs)
         except Exception as error:
@@ -68,6 +72,17 @@ def logs_failures(stage):
             raise
 
     return wrapper
+
+
+def timing(started: float) -> dict:
+    """A stage's compute record: seconds, wall-clock start and end, and the worker it ran on."""
+    ended = time.time()
+    return {
+        "seconds": round(ended - started, 4),
+        "started": started,
+        "ended": ended,
+        "worker": worker_label(),
+    }
 
 
 def prefect_key(key: str) -> str:
@@ -137,14 +152,11 @@ def caption_stage(job: Job, source: dict) -> dict:
     """BLIP caption of the fitted source image."""
     key, store = caption_key(job, source), artifacts(job.cache_url)
     if job.force or not store.has(key, "json"):
-        start = time.perf_counter()
+        started = time.time()
         with device_lock(job.device):
             blip = captioner(job)
             text = caption_image(blip.model, blip.processor, _source_image(job, source))
-        store.put_json(
-            key,
-            {"caption": text, "seconds": time.perf_counter() - start, **_captioner_identity(job.model_path)},
-        )
+        store.put_json(key, {"caption": text, **timing(started), **_captioner_identity(job.model_path)})
         COMPUTED["caption"] += 1
     return {"key": key, "caption_source": "blip", **store.get_json(key)}
 
@@ -170,11 +182,11 @@ def invert_stage(job: Job, source: dict, caption: dict) -> dict:
     """Regularized DDIM inversion of the source: the inverted noise x_T."""
     key, store = invert_key(job, source, caption), artifacts(job.cache_url)
     if job.force or not store.has(key, "safetensors"):
-        start = time.perf_counter()
+        started = time.time()
         with device_lock(job.device):
             sd = stable_diffusion(job)
             inverted = invert_source(sd, _source_image(job, source), caption["caption"], job.request.params)
-        store.put_json(key, {"seconds": time.perf_counter() - start})
+        store.put_json(key, timing(started))
         store.put_tensors(key, {"inverted_noise": inverted})
         COMPUTED["invert"] += 1
     return {"key": key, **store.get_json(key)}
@@ -206,7 +218,7 @@ def keyframes_stage(job: Job, inverted: dict | None, caption: dict) -> dict:
     key, store = keyframes_key(job, inverted, caption), artifacts(job.cache_url)
     if job.force or not store.has(key, "safetensors"):
         request = job.request
-        start = time.perf_counter()
+        started = time.time()
         with device_lock(job.device):
             sd = stable_diffusion(job)
             if inverted:
@@ -216,8 +228,7 @@ def keyframes_stage(job: Job, inverted: dict | None, caption: dict) -> dict:
             rendered = render_keyframes(
                 sd, noise, caption["caption"], list(request.prompts), request.params, request.synthetic
             )
-        seconds = time.perf_counter() - start
-        store.put_json(key, {"seconds": seconds, "truncated_prompts": rendered.truncated_prompts})
+        store.put_json(key, {**timing(started), "truncated_prompts": rendered.truncated_prompts})
         store.put_tensors(
             key, {"source_latent": rendered.source_latent, "keyframe_latents": rendered.keyframe_latents}
         )
@@ -243,7 +254,7 @@ def frames_stage(job: Job, keyframes: dict) -> dict:
     """Spline frames between the anchors, decoded, with the decoded key frames (uint8 NHWC)."""
     key, store = frames_key(job, keyframes), artifacts(job.cache_url)
     if job.force or not store.has(key, "safetensors"):
-        start = time.perf_counter()
+        started = time.time()
         latents = store.get_tensors(keyframes["key"])
         with device_lock(job.device):
             sd = stable_diffusion(job)
@@ -252,7 +263,7 @@ def frames_stage(job: Job, keyframes: dict) -> dict:
             )
             frames = _uint8(render_frames(sd, rendered, job.request.params))
             keyframe_images = _uint8(decode_keyframes(sd, rendered, job.request.params))
-        store.put_json(key, {"seconds": time.perf_counter() - start})
+        store.put_json(key, timing(started))
         store.put_tensors(key, {"frames": frames, "keyframes": keyframe_images})
         COMPUTED["frames"] += 1
     return {"key": key, **store.get_json(key)}
@@ -277,9 +288,9 @@ def encode_stage(job: Job, frames: dict) -> dict:
     """H.264 MP4 of the frames."""
     key, store = encode_key(job, frames), artifacts(job.cache_url)
     if job.force or not store.has(key, "mp4"):
-        start = time.perf_counter()
+        started = time.time()
         video = mp4_bytes(frame_images(job, frames)[0], fps=job.request.params.fps)
-        store.put_json(key, {"seconds": time.perf_counter() - start})
+        store.put_json(key, timing(started))
         store.put_file(key, "mp4", video)
         COMPUTED["encode"] += 1
     return {"key": key, **store.get_json(key)}

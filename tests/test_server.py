@@ -1,0 +1,188 @@
+"""Against a real `prefect server start` on 127.0.0.1: a served, scheduled deployment, and the Dask runner."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(args, env, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(args, env=env, start_new_session=True, **kwargs)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a process we started, and everything it started, by its process group id."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": "",
+    }
+    process = start(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
+        env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        assert process.poll() is None, "prefect server exited"
+        assert time.monotonic() < deadline, "prefect server did not become healthy"
+        time.sleep(0.5)
+    yield {**env, "PREFECT_API_URL": url, "PREFECT_LOGGING_LEVEL": "WARNING"}
+    stop(process)
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    for i in range(3):
+        rng = np.random.default_rng(i)
+        PIL.Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    table = pa.table(
+        {
+            "video_id": ["v0", "v1", "v2", "s"],
+            "image": ["0.png", "1.png", "2.png", None],
+            "source_prompt": [None, None, None, "a red car"],
+            "caption": ["a photo", None, "a photo", None],
+            "prompts": [["a dog"], ["a cat", "a bird"], ["a fish"], ["a blue car"]],
+            "steps": [4] * 4,
+            "keyframes": [2] * 4,
+            "frames": [2] * 4,
+        }
+    )
+    pq.write_table(table, folder / "manifest.parquet")
+    return str(folder / "manifest.parquet")
+
+
+def run_cli(args, env, timeout=600):
+    result = subprocess.run(
+        [str(BIN / "stillmotion"), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_scheduled_deployment_served_and_triggered(server, manifest, tiny_model_dir, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    output = tmp_path / "served"
+    serve = start(
+        [
+            str(BIN / "stillmotion"),
+            "serve",
+            manifest,
+            "--output",
+            str(output),
+            "--model",
+            str(tiny_model_dir),
+            "--cron",
+            "0 2 * * *",
+            "--name",
+            "test-nightly",
+        ],
+        server,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}):
+            with get_client(sync_client=True) as client:
+                deadline = time.monotonic() + 120
+                while True:
+                    try:
+                        deployment = client.read_deployment_by_name("stillmotion-batch/test-nightly")
+                        break
+                    except Exception:  # noqa: BLE001 - not registered yet
+                        assert serve.poll() is None, serve.stderr.read().decode()[-3000:]
+                        assert time.monotonic() < deadline, "deployment was not registered"
+                        time.sleep(0.5)
+            assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
+            assert deployment.parameters["output"] == str(output)
+            flow_run = run_deployment("stillmotion-batch/test-nightly", timeout=300)
+        assert flow_run.state.is_completed(), flow_run.state
+    finally:
+        stop(serve)
+    results = pq.read_table(output / "results.parquet").to_pylist()
+    assert [r["status"] for r in results] == ["ok"] * 4
+    assert all((output / r["video_id"] / "metadata.json").exists() for r in results)
+
+
+def load_png(path):
+    return np.asarray(PIL.Image.open(path), dtype=np.int16)
+
+
+def test_dask_runner_matches_local_runner_and_never_shares_a_gpu_slot(
+    server, manifest, tiny_model_dir, tmp_path
+):
+    common = [manifest, "--model", str(tiny_model_dir), "--no-progress"]
+    run_cli(["run", *common, "--output", str(tmp_path / "local")], server)
+    run_cli(
+        ["run", *common, "--output", str(tmp_path / "dask"), "--runner", "dask", "--dask-workers", "2"],
+        server,
+    )
+
+    for video_id in ["v0", "v1", "v2", "s"]:
+        local = json.loads((tmp_path / "local" / video_id / "metadata.json").read_text())
+        dask = json.loads((tmp_path / "dask" / video_id / "metadata.json").read_text())
+        assert local["artifacts"] == dask["artifacts"]  # same content keys: same inputs, same work
+        pngs = sorted(name for name in local["hashes"] if name.endswith(".png"))
+        for name in pngs:  # worker processes may use other BLAS thread counts: allow rounding
+            difference = np.abs(
+                load_png(tmp_path / "local" / video_id / name) - load_png(tmp_path / "dask" / video_id / name)
+            )
+            assert difference.max() <= 2, (video_id, name)
+
+    # model stages ran on both workers, and never two at once on one worker
+    intervals: dict[str, list[tuple[float, float]]] = {}
+    artifacts = tmp_path / "dask" / ".cache" / "artifacts"
+    for stage in ["caption", "invert", "keyframes", "frames"]:
+        for sidecar in (artifacts / stage).glob("*.json"):
+            record = json.loads(sidecar.read_text())
+            intervals.setdefault(record["worker"], []).append((record["started"], record["ended"]))
+    assert len(intervals) == 2, intervals.keys()
+    assert sum(map(len, intervals.values())) == 1 + 3 + 4 + 4  # one BLIP caption, 3 inversions, 4 + 4
+    for spans in intervals.values():
+        spans.sort()
+        assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False))
