@@ -7,7 +7,7 @@ DEMO   := demo-output
 export HF_HUB_OFFLINE ?= 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench constraints clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ lint: setup
 
 bench: setup
 	@echo "benchmarks arrive with issue 5"
+
+constraints: setup
+	{ head -n 3 infra/constraints.txt; $(BIN)/pip freeze | grep "==" | grep -v -iE "^(stillmotion|torch)=="; } \
+		> infra/constraints.txt.new && mv infra/constraints.txt.new infra/constraints.txt
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -1,13 +1,15 @@
-"""One video's key frames and frame insertion, timed against the seed's approach, in one process.
+"""One video (K key frames + frame insertion), timed against the seed's approach in one process.
 
-    python benchmarks/method.py --size tiny --repeats 3      # CPU, a tiny random model, a few minutes
-    PYTHONPATH=src python benchmarks/method.py --size sd14   # GPU, SD1.4's architecture, random weights
+    python benchmarks/method.py --size tiny --repeats 3      # CPU, a tiny random model
+    PYTHONPATH=src python benchmarks/method.py --size sd14   # GPU, SD1.4's architecture at 512 px
 
 (a) the seed's approach: diffusers' StableDiffusionPix2PixZeroPipeline inverts once, then edits K
 times (every edit re-runs the reference pass and moves its attention maps through the CPU);
 (b) stillmotion: one inversion, then one loop for the reference and all K key frames. Both insert
-frames with the same spline and VAE decode, so only the key-frame part differs. Prints a table and
-a markdown block for benchmarks/RESULTS.md; `--json PATH` also writes the numbers.
+frames with the same spline and VAE decode, so only the key-frame part differs. Weights are random
+(same shapes, same cost). The goal is on the same-dtype ratio; the seed in its default fp32 is
+timed too (`--skip-fp32-baseline` to save time on a GPU). Prints a table and a markdown block for
+benchmarks/RESULTS.md; `--json PATH` also writes the numbers.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import platform
 import resource
 import shlex
 import statistics
@@ -26,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from functools import partial
 from importlib.resources import files
 from pathlib import Path
 
@@ -57,25 +58,23 @@ from stillmotion.models.method import (
 from stillmotion.models.text import encode_text
 from stillmotion.models.tiny import make_tiny_model, write_clip_tokenizer
 
+RSS_NOTE = "peak RSS of the whole process (process-wide, so a row includes the rows before it)"
 CAPTION, PROMPT = "a photo of a cat sitting on a wooden table", "a photo of a dog sitting on a wooden table"
 
 
-@dataclass
+@dataclasses.dataclass
 class Result:
-    """One path's numbers for one video (medians over the timed repeats)."""
+    """One path's numbers per video (median over the timed repeats)."""
 
     name: str
     seconds: float
     forward_equivalents: float  # single-sample UNet forwards; a forward + input backward counts 3
-    peak_memory_gib: float
+    peak_memory_gib: float  # CUDA: max allocated for this path; CPU: the process's peak RSS so far
     tflops: float = 0.0  # forward_equivalents x FLOPs per forward / seconds
 
 
-# 1. the model: tiny, or SD1.4's architecture from the packaged configs with random weights
-
-
 def write_sd14(folder: Path) -> None:
-    """SD1.4's UNet, VAE and CLIP text encoder from configs (fixed seeds), saved in the standard layout."""
+    """SD1.4's UNet, VAE and CLIP text encoder from the packaged configs with random weights (fixed seeds)."""
     configs = files("stillmotion") / "configs" / "sd14"
 
     def config(part: str, name: str = "config.json") -> dict:
@@ -94,21 +93,11 @@ def write_sd14(folder: Path) -> None:
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
 
 
-def write_model(size: str, folder: Path) -> None:
-    if size == "tiny":
-        make_tiny_model(folder)  # 64 px images, 8x8 latents
-    else:
-        write_sd14(folder)  # 512 px images, 64x64 latents
-
-
 def source_image(side: int) -> PIL.Image.Image:
-    """A fixed smooth synthetic RGB image."""
+    """A fixed, smooth synthetic RGB image."""
     y, x = np.mgrid[0:side, 0:side] / side
     rgb = np.stack([x, y, 0.5 + 0.5 * np.sin(6 * np.pi * x * y)], axis=-1)  # (H, W, 3) in [0, 1]
     return PIL.Image.fromarray((rgb * 255).astype(np.uint8))
-
-
-# 2. the two ways to make one video
 
 
 @contextmanager
@@ -143,22 +132,22 @@ def seed_video(pipe, sd: StableDiffusion, image: PIL.Image.Image, params: Method
         CAPTION, image=image, num_inference_steps=params.steps, generator=generator
     ).latents
     embeds, _ = encode_text(sd.tokenizer, sd.text_encoder, [CAPTION, PROMPT])
-    caption_embeds, prompt_embeds = embeds[:1], embeds[1:]
-    keyframes = []
-    for weight in edit_weights(params.keyframes, params.curve):
-        edited = pipe(
+    caption_embeds, direction = embeds[:1], embeds[1:] - embeds[:1]
+    keyframes = [
+        pipe(
             prompt=CAPTION,
             negative_prompt=CAPTION,
             source_embeds=caption_embeds,
-            target_embeds=caption_embeds + weight * (prompt_embeds - caption_embeds),
+            target_embeds=caption_embeds + weight * direction,
             num_inference_steps=params.steps,
             guidance_scale=params.cfg_scale,
             cross_attention_guidance_amount=params.guidance_for(synthetic=False),
             latents=inverted,
             output_type="latent",
-        ).images
-        keyframes.append(edited.float())
-    source_latent = encode_latents(sd.vae, pil_to_tensor(image))  # the pipeline does not return it
+        ).images.float()
+        for weight in edit_weights(params.keyframes, params.curve)
+    ]
+    source_latent = encode_latents(sd.vae, pil_to_tensor(image))  # the pipeline returns no source frame
     return render_frames(sd, Rendered(source_latent, torch.cat(keyframes)), params)
 
 
@@ -169,19 +158,9 @@ def our_video(sd: StableDiffusion, image: PIL.Image.Image, params: MethodParams)
     return render_frames(sd, rendered, params)
 
 
-# 3. measuring
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    """Peak allocated CUDA memory since the last reset, or the process's peak RSS on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 @contextmanager
@@ -201,15 +180,10 @@ def count_forwards(unet: torch.nn.Module) -> Iterator[list[float]]:
         del unet.forward  # back to the class's forward
 
 
-def measure(
-    name: str,
-    video: Callable[[MethodParams], torch.Tensor],
-    sd: StableDiffusion,
-    params: MethodParams,
-    repeats: int,
-) -> Result:
-    """Warm up with 2 steps (kernels, allocator, autotuning), then time `repeats` whole videos."""
-    frames = video(dataclasses.replace(params, steps=min(params.steps, 2)))
+def measure(name: str, video: Callable, sd: StableDiffusion, params: MethodParams, repeats: int) -> Result:
+    """Warm up on a 2-step video (kernels, allocator, autotuning), then time `repeats` whole videos."""
+    print(f"timing {name} ...", flush=True)
+    video(dataclasses.replace(params, steps=min(params.steps, 2)))
     if sd.device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(sd.device)
@@ -222,17 +196,21 @@ def measure(
             synchronize(sd.device)
             seconds.append(time.perf_counter() - start)
     if not torch.isfinite(frames).all():
-        print(f"note: {name} produced non-finite frames (random weights); timings still stand")
-    return Result(name, statistics.median(seconds), count[0] / repeats, peak_memory_gib(sd.device))
+        print(f"note: {name} made non-finite frames (random weights); the timings still stand")
+    if sd.device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(sd.device) / 2**30
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    return Result(name, statistics.median(seconds), count[0] / repeats, peak)
 
 
 def unet_flops(sd: StableDiffusion) -> int:
-    """FLOPs of one single-sample UNet forward (a multiply-add counts 2), attention as explicit matmuls."""
+    """FLOPs of one single-sample UNet forward (multiply-add = 2), with attention as explicit matmuls."""
     original = dict(sd.unet.attn_processors)
-    sd.unet.set_attn_processor(AttnProcessor())  # FlopCounterMode does not see every device's SDPA kernel
+    sd.unet.set_attn_processor(AttnProcessor())  # FlopCounterMode does not see the CPU's SDPA kernel
     sample = torch.randn(latent_shape(sd), device=sd.device, dtype=sd.dtype)
-    tokens = sd.tokenizer.model_max_length
-    embeds = torch.randn(1, tokens, sd.unet.config.cross_attention_dim, device=sd.device, dtype=sd.dtype)
+    shape = (1, sd.tokenizer.model_max_length, sd.unet.config.cross_attention_dim)
+    embeds = torch.randn(shape, device=sd.device, dtype=sd.dtype)
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             sd.unet(sample, torch.tensor(500, device=sd.device), encoder_hidden_states=embeds)
@@ -242,7 +220,7 @@ def unet_flops(sd: StableDiffusion) -> int:
 
 
 def matmul_tflops(device: torch.device) -> tuple[float, str]:
-    """The device's practical peak: a large bf16 matmul on CUDA, a 2048^3 fp32 matmul on the CPU."""
+    """A practical peak: an 8192^3 bf16 matmul on CUDA, a 2048^3 fp32 matmul on the CPU."""
     n, dtype, reps = (8192, torch.bfloat16, 50) if device.type == "cuda" else (2048, torch.float32, 5)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     for _ in range(3):
@@ -252,182 +230,157 @@ def matmul_tflops(device: torch.device) -> tuple[float, str]:
     for _ in range(reps):
         a @ b
     synchronize(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12, f"{n}^3 {str(dtype).split('.')[-1]} matmul"
+    seconds = time.perf_counter() - start
+    return 2 * n**3 * reps / seconds / 1e12, f"measured, {n}^3 {str(dtype).removeprefix('torch.')} matmul"
 
 
-def device_name(device: torch.device) -> str:
+def environment(device: torch.device) -> dict:
+    """Date, device name, versions, git commit and the command line, for the report."""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return f"CPU: {line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    return f"CPU: {platform.processor() or platform.machine()}"
-
-
-def git_commit() -> str:
-    out = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
-    )
-    return out.stdout.strip() or "unknown"
-
-
-# 4. reporting
-
-
-def report(args, info: dict, results: list[Result]) -> str:
-    """A plain table for the terminal and a markdown block for RESULTS.md; returns the markdown."""
-    ours, seed = results[-1], results[0]
-    if info["device_type"] == "cuda":
-        memory = "torch.cuda.max_memory_allocated per path (reset between paths)"
+        name = torch.cuda.get_device_name(device)
     else:
-        memory = "peak RSS of the whole process (monotone: a row includes the rows before it)"
-    print(f"\n{'path':<34}{'s/video':>10}{'speedup':>10}{'peak GiB':>10}{'UNet fwd-eq':>13}{'TFLOP/s':>10}")
-    for r in results:
-        print(
-            f"{r.name:<34}{r.seconds:>10.3f}{r.seconds / ours.seconds:>9.2f}x{r.peak_memory_gib:>10.2f}"
-            f"{r.forward_equivalents:>13.0f}{r.tflops:>10.3f}"
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+        model = next(
+            (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?"
         )
-    print(
-        f"UNet forward: {info['unet_gflops']:.2f} GFLOP/sample; peak {info['peak_tflops']:.2f} TFLOP/s "
-        f"({info['peak_source']}); floor for ours {info['floor_seconds']:.3f} s; "
-        f"ours is {info['ratio_to_floor']:.2f}x the floor\npeak memory: {memory}; {info['fp32_note']}"
-    )
+        name = f"CPU {model}, {torch.get_num_threads()} threads"
+    try:
+        git = ["git", "rev-parse", "--short", "HEAD"]
+        commit = subprocess.run(git, capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    except OSError:  # no git on this machine
+        commit = ""
+    return {
+        "date": datetime.date.today().isoformat(),
+        "device": name,
+        "versions": f"torch {torch.__version__}, diffusers {diffusers.__version__}, "
+        f"transformers {transformers.__version__}",
+        "commit": commit or "unknown",
+        "command": shlex.join(["python", *sys.argv]),
+    }
+
+
+def markdown(args, info: dict, results: list[Result]) -> str:
+    """The block for benchmarks/RESULTS.md."""
+    ours = results[-1]
     rows = "\n".join(
         f"| {r.name} | {r.seconds:.3f} | {r.seconds / ours.seconds:.2f}x | {r.peak_memory_gib:.2f} "
         f"| {r.forward_equivalents:.0f} | {r.tflops:.3f} |"
         for r in results
     )
-    return f"""### Method benchmark: --size {args.size}, {info["date"]}
+    return f"""### Method benchmark, --size {args.size} ({info["date"]})
 
-- device: {info["device"]}; torch {torch.__version__}, diffusers {diffusers.__version__}, \
-transformers {transformers.__version__}; dtype {info["dtype"]}; commit {info["commit"]}
+- device: {info["device"]}; {info["versions"]}; dtype {info["dtype"]}; commit {info["commit"]}
 - command: `{info["command"]}`
-- one video: invert + K={args.keyframes} key frames ({args.steps} steps, CFG 5, cross-attention guidance \
-0.1) + {info["frames"]} frames inserted and decoded at {info["image_size"]} px; median of {args.repeats} \
-after a warm-up
-- speedup of ours over the seed in the same dtype: **{seed.seconds / ours.seconds:.2f}x**; \
-{info["fp32_note"]}
-- peak memory: {memory}
+- one video: inversion + K={args.keyframes} key frames ({args.steps} steps) + {info["frames"]} inserted \
+frames decoded at {info["image_size"]} px; median of {args.repeats} after a warm-up
+- **speedup over the seed, same dtype: {info["speedup"]:.2f}x**; {info["fp32_note"]}
+- peak memory: {info["memory_note"]}
 
-| path | s / video | time vs ours | peak memory (GiB) | UNet forward-equivalents / video | TFLOP/s |
+| path | s / video | vs ours | peak memory (GiB) | UNet forward-equivalents / video | TFLOP/s |
 |---|---|---|---|---|---|
 {rows}
 
-UNet forward at {info["image_size"]} px: {info["unet_gflops"]:.2f} GFLOP per sample (FlopCounterMode, \
-multiply-add = 2). Peak {info["peak_tflops"]:.2f} TFLOP/s ({info["peak_source"]}); floor for ours = \
-{ours.forward_equivalents:.0f} x {info["unet_gflops"]:.2f} GFLOP / peak = {info["floor_seconds"]:.3f} s; \
-ours is **{info["ratio_to_floor"]:.2f}x** the floor.
+UNet forward at {info["image_size"]} px: {info["unet_gflops"]:.3f} GFLOP per sample (FlopCounterMode, \
+multiply-add = 2). Peak {info["peak_tflops"]:.3f} TFLOP/s ({info["peak_source"]}): floor for ours = \
+{ours.forward_equivalents:.0f} x {info["unet_gflops"]:.3f} GFLOP / peak = {info["floor_seconds"]:.3f} s; \
+**ours is {info["ratio_to_floor"]:.2f}x the floor**.
 """
 
 
-def fp32_note(args, dtype: torch.dtype, results: list[Result]) -> str:
-    if dtype == torch.float32:
-        return "the seed in fp32 is the same-dtype row (ours runs in fp32)"
-    if args.skip_fp32_baseline:
-        return "the seed in fp32 was skipped (--skip-fp32-baseline)"
-    return f"over the seed in its default fp32: {results[1].seconds / results[-1].seconds:.2f}x"
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--size", choices=["tiny", "sd14"], default="tiny", help="tiny (CPU) or SD1.4 at 512 px"
-    )
-    parser.add_argument("--keyframes", type=int, default=6, help="key frames K per video")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (inversion and editing)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    parser.add_argument("--repeats", type=int, default=3, help="timed videos per path (the median is kept)")
-    parser.add_argument("--skip-fp32-baseline", action="store_true", help="do not time the seed in fp32")
-    parser.add_argument("--peak-tflops", type=float, help="the device's peak (default: measure a matmul)")
-    parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
-    args = parser.parse_args()
+    add = parser.add_argument
+    add("--size", choices=["tiny", "sd14"], default="tiny", help="tiny (64 px) or sd14 (512 px)")
+    add("--keyframes", type=int, default=6, help="key frames K per video")
+    add("--steps", type=int, default=50, help="DDIM steps of inversion and editing")
+    add("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    add("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    add("--repeats", type=int, default=3, help="timed videos per path (the median is kept)")
+    add("--skip-fp32-baseline", action="store_true", help="do not also time the seed in fp32")
+    add("--peak-tflops", type=float, help="the device's peak (default: measure a matmul)")
+    add("--json", type=Path, help="also write the numbers to this JSON file")
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    params = MethodParams(keyframes=args.keyframes, steps=args.steps)
+    # Random tiny weights drive CPU activations into denormals, which stall x86 float units ~10x
+    # (GPUs do not slow down on them); flushing keeps CPU timings about the work, for both paths.
+    torch.set_flush_denormal(True)
+    params, repeats = MethodParams(keyframes=args.keyframes, steps=args.steps), args.repeats
 
     with tempfile.TemporaryDirectory(prefix="stillmotion-bench-") as folder:
-        # 1. write the model once and load it through the real loading path
-        print(f"writing the {args.size} model ...", flush=True)
-        write_model(args.size, Path(folder))
+        # 1. write the model and load it through the real loading path
+        print(f"writing the {args.size} model to {folder} ...", flush=True)
+        if args.size == "tiny":
+            make_tiny_model(folder)  # 64 px images, 8x8 latents
+        else:
+            write_sd14(Path(folder))  # 512 px images, 64x64 latents
         sd = load_stable_diffusion(folder, args.device, args.dtype)
-        dtype = str(sd.dtype).split(".")[-1]
+        dtype = str(sd.dtype).removeprefix("torch.")
         image = source_image(sd.image_size)
         flops = unet_flops(sd)
-        print(
-            f"UNet forward: {flops / 1e9:.2f} GFLOP at {sd.image_size} px, {dtype} on {sd.device}", flush=True
-        )
+        print(f"UNet forward: {flops / 1e9:.3f} GFLOP at {sd.image_size} px, {dtype} on {sd.device}")
 
-        # 2. the seed's approach in our dtype, then ours (processors restored in between)
-        results = []
+        # 2. the seed's approach in our dtype, then ours (the pipeline's processors are undone between)
         with seed_pipeline(sd) as pipe:
-            print("timing the seed's approach ...", flush=True)
-            results.append(
-                measure(
-                    f"seed (pix2pix-zero), {dtype}",
-                    lambda p: seed_video(pipe, sd, image, p),
-                    sd,
-                    params,
-                    args.repeats,
-                )
+            seed = measure(
+                f"seed (pix2pix-zero), {dtype}", partial(seed_video, pipe, sd, image), sd, params, repeats
             )
-        print("timing stillmotion ...", flush=True)
-        ours = measure(f"stillmotion, {dtype}", lambda p: our_video(sd, image, p), sd, params, args.repeats)
+        ours = measure(f"stillmotion, {dtype}", partial(our_video, sd, image), sd, params, repeats)
+        results = [seed, ours]
 
-        # 3. the seed in its default fp32, from a second copy loaded last (so it inflates no other peak)
-        if not args.skip_fp32_baseline and sd.dtype != torch.float32:
+        # 3. the seed in its default fp32, from a second copy loaded last so it inflates no other peak
+        if dtype == "float32":
+            fp32_note = "the seed in fp32 is the row above (ours runs in fp32)"
+        elif args.skip_fp32_baseline:
+            fp32_note = "the seed in fp32 was skipped (--skip-fp32-baseline)"
+        else:
             sd32 = load_stable_diffusion(folder, args.device, "fp32")
             with seed_pipeline(sd32) as pipe:
-                print("timing the seed's approach in fp32 ...", flush=True)
-                results.append(
-                    measure(
-                        "seed (pix2pix-zero), fp32",
-                        lambda p: seed_video(pipe, sd32, image, p),
-                        sd32,
-                        params,
-                        args.repeats,
-                    )
+                seed32 = measure(
+                    "seed (pix2pix-zero), fp32", partial(seed_video, pipe, sd32, image), sd32, params, repeats
                 )
+            results.insert(1, seed32)
+            fp32_note = f"speedup over the seed in its default fp32: {seed32.seconds / ours.seconds:.2f}x"
             del sd32, pipe
-        results.append(ours)
 
-    # 4. throughput, floor and report
+    # 4. throughput, floor, report
     for r in results:
         r.tflops = r.forward_equivalents * flops / r.seconds / 1e12
-    if args.peak_tflops:
-        peak, peak_source = args.peak_tflops, "given with --peak-tflops"
-    else:
-        peak, peak_source = matmul_tflops(sd.device)
-        peak_source = "measured " + peak_source
+    peak, peak_source = (args.peak_tflops, "given") if args.peak_tflops else matmul_tflops(sd.device)
     floor = ours.forward_equivalents * flops / (peak * 1e12)
-    info = {
-        "date": datetime.date.today().isoformat(),
-        "device": device_name(sd.device),
-        "device_type": sd.device.type,
+    memory_note = "torch.cuda.max_memory_allocated per path" if sd.device.type == "cuda" else RSS_NOTE
+    info = environment(sd.device) | {
         "dtype": dtype,
-        "commit": git_commit(),
-        "command": shlex.join(["python", *sys.argv]),
         "image_size": sd.image_size,
-        "frames": params.frames_per_segment,
+        "frames": 1 + params.frames_per_segment,
         "unet_gflops": flops / 1e9,
         "peak_tflops": peak,
         "peak_source": peak_source,
         "floor_seconds": floor,
         "ratio_to_floor": ours.seconds / floor,
-        "speedup": results[0].seconds / ours.seconds,
-        "fp32_note": fp32_note(args, sd.dtype, results),
+        "speedup": seed.seconds / ours.seconds,
+        "fp32_note": fp32_note,
+        "memory_note": memory_note,
     }
-    markdown = report(args, info, results)
-    print("\n" + markdown)
+    print(f"\n{'path':<30}{'s/video':>10}{'vs ours':>9}{'peak GiB':>10}{'UNet fwd-eq':>13}{'TFLOP/s':>10}")
+    for r in results:
+        print(
+            f"{r.name:<30}{r.seconds:>10.3f}{r.seconds / ours.seconds:>8.2f}x{r.peak_memory_gib:>10.2f}"
+            f"{r.forward_equivalents:>13.0f}{r.tflops:>10.3f}"
+        )
+    print(f"floor for ours {floor:.3f} s at {peak:.3f} TFLOP/s ({peak_source}): {ours.seconds / floor:.2f}x")
+    print("\n" + markdown(args, info, results))
     if args.json:
-        payload = {
-            **info,
+        payload = info | {
             "args": vars(args) | {"json": str(args.json)},
-            "results": [dataclasses.asdict(r) for r in results],
+            "results": list(map(dataclasses.asdict, results)),
         }
         args.json.write_text(json.dumps(payload, indent=2))
 

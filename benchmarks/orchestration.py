@@ -38,7 +38,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 RERUN_TARGET_S, RSS_TARGET_RATIO = 30.0, 1.2
-SUMMARY = re.compile(r"(\d+) rows: (\d+) made, (\d+) already complete, (\d+) failed")
+SUMMARY = re.compile(r"(\d+) rows: (\d+) made, (\d+) already complete, (\d+) failed in ([\d.]+) s")
 
 
 def cli() -> list[str]:
@@ -64,38 +64,40 @@ def write_manifest(folder: Path, rows: int, variant: str) -> Path:
     return path
 
 
-def measure(command: list[str], env: dict, output: Path, rows: int, interval: float = 0.2) -> dict:
+def measure(command: list[str], env: dict, output: Path, rows: int, quarters: bool) -> dict:
     """Run one command; poll its RSS and its children's; note the peak as each quarter of rows is done."""
     start = time.monotonic()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     root = psutil.Process(proc.pid)
-    peak_cli = peak_tree = peak_child = cli_rss = 0
-    quarters, last_count = {}, 0.0
+    peak_cli = peak_tree = cli_rss = 0
+    by_quarter, by_child, last_count = {}, {}, 0.0
     while proc.poll() is None:
         try:
             cli_rss = root.memory_info().rss
-            children = [c.memory_info().rss for c in root.children(recursive=True)]
+            children = {c.name(): c.memory_info().rss for c in root.children(recursive=True)}
         except psutil.Error:  # exited, or a child vanished between listing and reading
-            children = []
-        peak_cli, peak_child = max(peak_cli, cli_rss), max([peak_child, *children])
-        peak_tree = max(peak_tree, cli_rss + sum(children))
-        if time.monotonic() - last_count > 2 and output.exists():
+            children = {}
+        for name, rss in children.items():
+            by_child[name] = max(by_child.get(name, 0), rss)
+        peak_cli, peak_tree = max(peak_cli, cli_rss), max(peak_tree, cli_rss + sum(children.values()))
+        if quarters and time.monotonic() - last_count > 2 and output.exists():
             last_count, done = time.monotonic(), sum(1 for _ in output.glob("*/metadata.json"))
             for q in (25, 50, 75, 100):
-                if done * 100 >= q * rows and q not in quarters:
-                    quarters[q] = peak_tree
-        time.sleep(interval)
+                if done * 100 >= q * rows and q not in by_quarter:
+                    by_quarter[q] = round(peak_tree / 2**20, 1)
+        time.sleep(0.2)
     wall = time.monotonic() - start
     log = proc.stdout.read()
     counts = SUMMARY.search(log)
     return {
         "wall_s": round(wall, 2),
         "rc": proc.returncode,
-        "made_cached_failed": [int(x) for x in counts.groups()[1:]] if counts else None,
+        "made_cached_failed": [int(x) for x in counts.groups()[1:4]] if counts else None,
+        "flow_s": float(counts.group(5)) if counts else None,  # the flow's own count: rows in to results out
         "peak_rss_cli_mb": round(peak_cli / 2**20, 1),
         "peak_rss_tree_mb": round(peak_tree / 2**20, 1),
-        "peak_rss_largest_child_mb": round(peak_child / 2**20, 1),
-        "peak_tree_mb_at_rows_pct": {q: round(v / 2**20, 1) for q, v in quarters.items()},
+        "peak_rss_children_mb": {name: round(v / 2**20, 1) for name, v in by_child.items()},
+        "peak_tree_mb_at_rows_pct": by_quarter,
         "log_tail": log[-600:] if proc.returncode else log.strip().splitlines()[-1:],
     }
 
@@ -118,16 +120,40 @@ def db_stats(home: Path) -> dict:
 
 
 def task_timings(home: Path) -> dict:
-    """Per stage, from Prefect's task_run table: runs, mean Running time, mean Pending->Running ms."""
-    run = "(julianday(total_run_time) - julianday('1970-01-01')) * 86400000.0"
-    pending = "(julianday(start_time) - julianday(expected_start_time)) * 86400000.0"
+    """Prefect's own timings of the last flow run: mean Running ms per stage, and the gaps between task runs.
+
+    in_row_gap_ms: a task's start minus the end of the previous task of its row (the hand-off);
+    between_rows_gap_ms: a row's first start minus the previous row's last end (meaningful at --in-flight 1).
+    """
     query = (
-        f"SELECT substr(name, 1, instr(name, '-') - 1) AS stage, count(*), avg({run}), avg({pending})"
-        " FROM task_run GROUP BY stage"
+        "SELECT name, start_time, end_time, total_run_time FROM task_run WHERE start_time IS NOT NULL"
+        " AND flow_run_id = (SELECT id FROM flow_run ORDER BY created DESC LIMIT 1)"
     )
     with sqlite3.connect(home / "prefect.db") as con:
-        rows = con.execute(query).fetchall()
-    return {s: {"runs": n, "run_ms": round(run, 1), "pending_ms": round(pend, 1)} for s, n, run, pend in rows}
+        records = con.execute(query).fetchall()
+
+    def seconds(text: str) -> float:
+        return dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc).timestamp()
+
+    stages: dict[str, list[float]] = {}
+    chains: dict[str, list[tuple[float, float]]] = {}
+    for name, start, end, run in records:
+        stage, video_id = name.split("-", 1)
+        stages.setdefault(stage, []).append(seconds(run))
+        chains.setdefault(video_id, []).append((seconds(start), seconds(end)))
+    chains = {k: sorted(v) for k, v in chains.items()}
+    in_row = [b[0] - a[1] for c in chains.values() for a, b in zip(c, c[1:], strict=False)]
+    spans = sorted((c[0][0], max(e for _, e in c)) for c in chains.values())
+    between = [b[0] - a[1] for a, b in zip(spans, spans[1:], strict=False)]
+
+    def ms(values: list[float]) -> float | None:
+        return round(1000 * sum(values) / len(values), 1) if values else None
+
+    return {
+        "run_ms": {stage: ms(v) for stage, v in sorted(stages.items())},
+        "in_row_gap_ms": ms(in_row),
+        "between_rows_gap_ms": ms(between),
+    }
 
 
 def compute_seconds(output: Path) -> dict:
@@ -148,33 +174,50 @@ def clone_outputs(output: Path, rows: int) -> None:
             shutil.copytree(first, target, copy_function=os.link)
 
 
-def run_case(rows: int, variant: str, mode: str, workdir: Path, model: Path) -> dict:
-    case = workdir / f"{variant}-{rows}"
+def run_case(rows: int, variant: str, args: argparse.Namespace, model: Path, earlier: list[dict]) -> dict:
+    mode, in_flight, workdir = args.mode, args.in_flight, args.workdir
+    label = variant if in_flight is None else f"{variant}, in-flight {in_flight}"
+    case = workdir / (f"{variant}-{rows}" + ("" if in_flight is None else f"-if{in_flight}"))
     manifest, output, home = write_manifest(case, rows, variant), case / "out", case / "prefect-home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(home), "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # a busy 2-core machine starts slowly
+    options = ["--model", str(model), "--no-progress"] + (
+        [] if in_flight is None else ["--in-flight", str(in_flight)]
+    )
 
     def command(man: Path, out: Path) -> list[str]:
-        return [*cli(), "run", str(man), "--output", str(out), "--model", str(model), "--no-progress"]
+        return [*cli(), "run", str(man), "--output", str(out), *options]
 
-    shown = f"stillmotion run {case.name}/manifest.parquet --output {case.name}/out --model tiny-model"
-    shown += " --no-progress"
-    result: dict = {"rows": rows, "variant": variant, "command": shown, "cli": cli()}
+    shown = f"stillmotion run {case.name}/manifest.parquet --output {case.name}/out "
+    shown += " ".join(options).replace(str(model), "tiny-model")
+    result: dict = {"rows": rows, "variant": label, "command": shown, "cli": cli()}
     if not (home / "prefect.db").exists():  # warm-up: creates the database, so growth is per row
         warm = write_manifest(case / "warmup", 1, variant)
-        result["warmup"] = measure(command(warm, case / "warmup" / "out"), env, case / "warmup" / "out", 1)
+        result["warmup"] = measure(
+            command(warm, case / "warmup" / "out"), env, case / "warmup" / "out", 1, False
+        )
     runs = ["cold", "rerun"] if mode == "both" else [mode]
-    if mode == "rerun" and not output.exists():
-        small = write_manifest(case / "seed", min(rows, 4), variant)
-        measure(command(small, output), env, output, min(rows, 4))
+    done = [r for r in earlier if r["variant"] == label and r.get("cold", {}).get("flow_s")]
+    if "cold" in runs and done:  # estimate from the largest earlier cold run: start-up + rows x flow s/row
+        cold, n = done[-1]["cold"], done[-1]["rows"]
+        minutes = (cold["wall_s"] - cold["flow_s"] + cold["flow_s"] / n * rows) / 60
+        if minutes > args.max_cold_minutes:
+            runs.remove("cold")
+            result["cold_skipped"] = (
+                f"cold run NOT RUN: estimated {minutes:.0f} min from the {n:,}-row cold run "
+                f"(limit {args.max_cold_minutes:g} min)"
+            )
+    if runs == ["rerun"] and not output.exists():
+        seed = write_manifest(case / "seed", min(rows, 4), variant)
+        measure(command(seed, output), env, output, min(rows, 4), False)
         clone_outputs(output, rows)
-        result["rerun_prepared_by"] = "cloning 1 finished folder (hard links), no cold run"
+        result["rerun_prepared_by"] = "hard-linking one finished video folder under every id (no cold run)"
     for name in runs:
         if name == "cold" and output.exists():
             shutil.rmtree(output)
         before = db_stats(home)
-        run = measure(command(manifest, output), env, output, rows)
+        run = measure(command(manifest, output), env, output, rows, quarters=name == "cold")
         after = db_stats(home)
         run["db_before_bytes"], run["db_after_bytes"] = before["bytes"], after["bytes"]
         run["db_after_raw_bytes"] = after["raw_bytes"]
@@ -184,12 +227,11 @@ def run_case(rows: int, variant: str, mode: str, workdir: Path, model: Path) -> 
         run["rows_per_s"] = round(rows / run["wall_s"], 2)
         if name == "cold":
             run["compute_s"] = compute_seconds(output)
-            run["prefect_task_runs"] = task_timings(home)
-            run["overhead_ms_per_row"] = round(
-                1000 * (run["wall_s"] - sum(run["compute_s"].values())) / rows, 1
-            )
-        else:
-            run["overhead_ms_per_row"] = round(1000 * run["wall_s"] / rows, 1)
+            run["prefect"] = task_timings(home)
+        compute = sum(run.get("compute_s", {}).values())
+        run["overhead_ms_per_row"] = round(1000 * (run["wall_s"] - compute) / rows, 1)
+        if run["flow_s"] is not None:  # the same without process start-up, imports and server start
+            run["flow_overhead_ms_per_row"] = round(1000 * (run["flow_s"] - compute) / rows, 1)
         result[name] = run
     return result
 
@@ -227,12 +269,28 @@ def verdicts(results: list[dict]) -> list[str]:
                     f"peak RSS (tree), {kind} {variant}: 10,000 rows {large} MB / 1,000 rows {small} "
                     f"MB = {large / small:.2f}x (target <= {RSS_TARGET_RATIO}x): {verdict}"
                 )
+    for r in results:  # no 10,000-row cold run: the 1,000-row run's own trend, marked as an extrapolation
+        quarters = r.get("cold", {}).get("peak_tree_mb_at_rows_pct", {})
+        if (
+            r["rows"] == 1000
+            and 25 in quarters
+            and 100 in quarters
+            and not any(x["rows"] == 10000 and "cold" in x and x["variant"] == r["variant"] for x in results)
+        ):
+            slope = (quarters[100] - quarters[25]) / 750
+            guess = quarters[100] + slope * 9000
+            lines.append(
+                f"peak RSS (tree), cold {r['variant']}: 10,000 rows not measured; the 1,000-row run grew "
+                f"{quarters[25]} -> {quarters[100]} MB from 25 % to 100 % of rows ({1000 * slope:.1f} MB per "
+                f"1,000 rows); a straight line gives ~{guess:.0f} MB = {guess / quarters[100]:.2f}x at 10k "
+                f"(EXTRAPOLATED, not a measurement)"
+            )
     return lines or ["no target applies to these row counts (targets need 1,000 and 10,000 rows)"]
 
 
 def report(info: dict, argv: list[str], results: list[dict]) -> str:
-    head = "| rows | variant | run | rc | made/cached/failed | wall s | rows/s | overhead ms/row "
-    head += "| peak RSS CLI MB | peak RSS tree MB | DB KB/row | task runs | events |"
+    head = "| rows | variant | run | rc | made/cached/failed | wall s | flow s | rows/s | overhead ms/row "
+    head += "(wall; flow) | peak RSS CLI MB | peak RSS tree MB | DB KB/row | task runs | events |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         for kind in ("warmup", "cold", "rerun"):
@@ -240,7 +298,8 @@ def report(info: dict, argv: list[str], results: list[dict]) -> str:
                 m = r[kind]
                 lines.append(
                     f"| {r['rows']:,} | {r['variant']} | {kind} | {m['rc']} | {m['made_cached_failed']} "
-                    f"| {m['wall_s']} | {m.get('rows_per_s', '')} | {m.get('overhead_ms_per_row', '')} "
+                    f"| {m['wall_s']} | {m['flow_s']} | {m.get('rows_per_s', '')} "
+                    f"| {m.get('overhead_ms_per_row', '')}; {m.get('flow_overhead_ms_per_row', '')} "
                     f"| {m['peak_rss_cli_mb']} | {m['peak_rss_tree_mb']} | {m.get('db_kb_per_row', '')} "
                     f"| {m.get('task_runs_added', '')} | {m.get('events_added', '')} |"
                 )
@@ -248,15 +307,17 @@ def report(info: dict, argv: list[str], results: list[dict]) -> str:
     for r in results:
         if "cold" in r:
             c = r["cold"]
+            per_row = {k: round(1000 * v / r["rows"], 1) for k, v in c["compute_s"].items()}
             detail.append(
-                f"- {r['variant']} {r['rows']:,} cold: compute s by stage {c['compute_s']}; "
-                f"Prefect task runs {c['prefect_task_runs']}; peak tree MB when 25/50/75/100 % of rows "
-                f"were done {c['peak_tree_mb_at_rows_pct']}; DB after {c['db_after_bytes'] / 2**20:.1f} MB"
+                f"- {r['variant']} {r['rows']:,} cold: metadata timings, ms/row {per_row}; Prefect task runs "
+                f"{c['prefect']}; peak tree MB at 25/50/75/100 % of rows {c['peak_tree_mb_at_rows_pct']}; "
+                f"children's peak MB {c['peak_rss_children_mb']}; DB {c['db_before_bytes'] / 2**20:.1f} -> "
+                f"{c['db_after_bytes'] / 2**20:.1f} MB"
             )
+        if "cold_skipped" in r:
+            detail.append(f"- {r['variant']} {r['rows']:,}: {r['cold_skipped']}")
         if "rerun_prepared_by" in r:
-            detail.append(
-                f"- {r['variant']} {r['rows']:,} rerun: output prepared by {r['rerun_prepared_by']}"
-            )
+            detail.append(f"- {r['variant']} {r['rows']:,} rerun: output made by {r['rerun_prepared_by']}")
     return "\n".join(
         [
             f"### Orchestration benchmark ({info['date']})",
@@ -264,7 +325,10 @@ def report(info: dict, argv: list[str], results: list[dict]) -> str:
             f"Machine: {info['cpu']}, {info['cores']} cores (load {info['load_avg_1m_at_start']} at start), "
             f"Python {info['python']}, commit `{info['commit']}`.",
             f"Command: `python benchmarks/orchestration.py {' '.join(argv)}`; each run is "
-            f"`{results[0]['command']}` with a fresh PREFECT_HOME (embedded server).",
+            f"`{results[0]['command']}` with a fresh PREFECT_HOME (embedded server), after a 1-row warm-up.",
+            "flow s: the flow's own time (rows in to results out), without process start, imports and server "
+            "start. Overhead = (time - sum of metadata timings) / rows; those timings include device-lock "
+            "waits when rows overlap, so it is exact only at --in-flight 1.",
             "",
             *lines,
             "",
@@ -288,19 +352,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", type=Path, help="where models, manifests and outputs go (default: a temp dir)"
     )
+    parser.add_argument(
+        "--in-flight", type=int, help="pass --in-flight N to stillmotion run (default: its own)"
+    )
+    parser.add_argument(
+        "--max-cold-minutes",
+        type=float,
+        default=25,
+        help="skip a cold run estimated (from an earlier, smaller one) to take longer; its rerun then runs "
+        "on cloned outputs (25)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     args = parser.parse_args(argv)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="stillmotion-orch-"))
-    workdir = workdir.resolve()
+    args.workdir = workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="stillmotion-orch-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     model = workdir / "tiny-model"
     if not (model / "model_index.json").exists():
         subprocess.run([*cli(), "make-tiny-model", str(model)], check=True, stdout=subprocess.DEVNULL)
     info, results = machine(), []
-    for rows in args.rows or [1000]:
+    for rows in sorted(args.rows or [1000]):
         for variant in args.variant or ["synthetic"]:
             print(f"== {variant}, {rows:,} rows, mode {args.mode} (workdir {workdir})", flush=True)
-            results.append(run_case(rows, variant, args.mode, workdir, model))
+            results.append(run_case(rows, variant, args, model, results))
             print(json.dumps(results[-1], indent=1), flush=True)
     text = report(info, argv if argv is not None else sys.argv[1:], results)
     print("\n" + text)

@@ -186,3 +186,53 @@ def test_dask_runner_matches_local_runner_and_never_shares_a_gpu_slot(
     for spans in intervals.values():
         spans.sort()
         assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False))
+
+
+def test_prefect_yaml_deploys_and_a_process_worker_runs_it(server, manifest, tiny_model_dir, tmp_path):
+    prefect = str(BIN / "prefect")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**server, "PREFECT_UI_ENABLED": "false"}
+    subprocess.run(
+        [prefect, "work-pool", "create", "stillmotion-gpu", "--type", "process"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    deploy = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--prefect-file", "infra/prefect.yaml", "--all"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
+    output = tmp_path / "worker-out"
+    params = [f"manifest={manifest}", f"output={output}", f"model={tiny_model_dir}"]
+    trigger = subprocess.run(
+        [
+            prefect,
+            "deployment",
+            "run",
+            "stillmotion-batch/nightly",
+            *sum((["--param", p] for p in params), []),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert trigger.returncode == 0, trigger.stderr[-2000:]
+    worker = start(
+        [prefect, "worker", "start", "--pool", "stillmotion-gpu", "--run-once"],
+        env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        worker.wait(timeout=400)
+    finally:
+        stop(worker)
+    results = pq.read_table(output / "results.parquet").to_pylist()
+    assert [r["status"] for r in results] == ["ok"] * 4
