@@ -299,6 +299,7 @@ def parse_args() -> argparse.Namespace:
     add("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     add("--repeats", type=int, default=3, help="timed videos per path (the median is kept)")
     add("--skip-fp32-baseline", action="store_true", help="do not also time the seed in fp32")
+    add("--threads", type=int, help="CPU threads for torch (default: torch's; 1 on a shared machine)")
     add("--peak-tflops", type=float, help="the device's peak (default: measure a matmul)")
     add("--json", type=Path, help="also write the numbers to this JSON file")
     return parser.parse_args()
@@ -312,6 +313,8 @@ def main() -> None:
     # Random tiny weights drive CPU activations into denormals, which stall x86 float units ~10x
     # (GPUs do not slow down on them); flushing keeps CPU timings about the work, for both paths.
     torch.set_flush_denormal(True)
+    if args.threads:  # on a busy machine, OpenMP threads waiting on each other cost 30x on tiny ops
+        torch.set_num_threads(args.threads)
     params, repeats = MethodParams(keyframes=args.keyframes, steps=args.steps), args.repeats
 
     with tempfile.TemporaryDirectory(prefix="stillmotion-bench-") as folder:

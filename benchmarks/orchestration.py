@@ -2,16 +2,13 @@
 
     .venv/bin/python benchmarks/orchestration.py --rows 1000 --mode both --json /tmp/orch.json
 
-Per row count and variant: a tiny model, a manifest (keyframes 1, frames 1, steps 1), a fresh
-PREFECT_HOME (embedded server, SQLite), a 1-row warm-up run that creates the database, then the
-cold run and the cached rerun of the real CLI as a subprocess. Measured: wall time, exit status,
-peak RSS of the CLI process and of its process tree (psutil, every 0.2 s), Prefect database growth
-(prefect.db + -wal, and after a WAL checkpoint), overhead per row = (wall - sum of the per-stage
-timings in every metadata.json) / rows, and Prefect's own per-task-run timings from the database.
-`--mode rerun` without a finished output clones one finished video folder (hard links) to every id:
-the rerun only looks up metadata.json, so this measures the same code path without the cold run.
-Targets (the orchestration issue): cached rerun of 1,000 rows <= 30 s; peak RSS at 10,000 rows
-<= 1.2x that at 1,000 rows.
+Per row count: a tiny model, a manifest (keyframes 1, frames 1, steps 1), a fresh PREFECT_HOME
+(embedded server, SQLite) initialised by a 1-row warm-up, then the cold run and the cached rerun of
+the real CLI as a subprocess: wall time, exit status, peak RSS of the CLI and of its process tree
+(psutil, every 0.2 s), Prefect database growth, overhead per row, Prefect's own task-run timings.
+A rerun with no finished output (or whose cold run is skipped by --max-cold-minutes) runs on one
+finished video folder hard-linked under every id: the rerun only looks up metadata.json.
+Targets: cached rerun of 1,000 rows <= 30 s; peak RSS at 10,000 rows <= 1.2x that at 1,000 rows.
 """
 
 from __future__ import annotations
@@ -111,12 +108,7 @@ def db_stats(home: Path) -> dict:
     with sqlite3.connect(db) as con:
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("task_run", "events")}
-    return {
-        "raw_bytes": raw,
-        "bytes": db.stat().st_size,
-        "task_runs": counts["task_run"],
-        "events": counts["events"],
-    }
+    return {"raw_bytes": raw, "bytes": db.stat().st_size, "task_runs": counts["task_run"], **counts}
 
 
 def task_timings(home: Path) -> dict:
@@ -191,7 +183,7 @@ def run_case(rows: int, variant: str, args: argparse.Namespace, model: Path, ear
 
     shown = f"stillmotion run {case.name}/manifest.parquet --output {case.name}/out "
     shown += " ".join(options).replace(str(model), "tiny-model")
-    result: dict = {"rows": rows, "variant": label, "command": shown, "cli": cli()}
+    result: dict = {"rows": rows, "variant": label, "command": shown}
     if not (home / "prefect.db").exists():  # warm-up: creates the database, so growth is per row
         warm = write_manifest(case / "warmup", 1, variant)
         result["warmup"] = measure(
@@ -210,7 +202,8 @@ def run_case(rows: int, variant: str, args: argparse.Namespace, model: Path, ear
             )
     if runs == ["rerun"] and not output.exists():
         seed = write_manifest(case / "seed", min(rows, 4), variant)
-        measure(command(seed, output), env, output, min(rows, 4), False)
+        if (seeded := measure(command(seed, output), env, output, min(rows, 4), False))["rc"]:
+            raise SystemExit(f"the run that makes outputs to clone failed: {seeded['log_tail']}")
         clone_outputs(output, rows)
         result["rerun_prepared_by"] = "hard-linking one finished video folder under every id (no cold run)"
     for name in runs:

@@ -135,3 +135,34 @@ def test_spline_with_one_keyframe_is_linear():
     source, keyframe = torch.zeros(1, 4, 8, 8), torch.ones(1, 4, 8, 8)
     frames = spline_frames(source, keyframe, keyframes=1, frames=4)
     assert [round(float(f.mean()), 4) for f in frames] == [0.25, 0.5, 0.75, 1.0]
+
+
+@pytest.mark.parametrize("options", [{"channels_last": True}])
+def test_optimised_execution_matches_the_plain_path(tiny_model_dir, sd, options):
+    """Execution options change memory layout and kernels, not results: agree within 1e-4."""
+    from stillmotion.models import load_stable_diffusion
+
+    fast = load_stable_diffusion(str(tiny_model_dir), device="cpu", dtype="fp32", **options)
+    params = MethodParams(keyframes=2, steps=4, seed=3)
+    x_t = synthetic_noise(sd, 3)
+    plain = render_keyframes(sd, x_t, "a red car", ["a blue car"], params, synthetic=True)
+    optimised = render_keyframes(fast, x_t, "a red car", ["a blue car"], params, synthetic=True)
+    torch.testing.assert_close(optimised.keyframe_latents, plain.keyframe_latents, atol=1e-4, rtol=0)
+    torch.testing.assert_close(optimised.source_latent, plain.source_latent, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_unet_matches_the_plain_path(tiny_model_dir, sd, backend):
+    """torch.compile of the UNet blocks, through our attention processors and the guidance backward.
+
+    aot_eager checks graph capture and autograd quickly; inductor (C++ kernels on a CPU: over 15
+    minutes on 2 cores) is marked slow: `pytest -m slow`.
+    """
+    from stillmotion.models import load_stable_diffusion
+
+    fast = load_stable_diffusion(str(tiny_model_dir), device="cpu", dtype="fp32", compile_unet=backend)
+    params = MethodParams(keyframes=2, steps=3, seed=3)
+    x_t = synthetic_noise(sd, 3)
+    plain = render_keyframes(sd, x_t, "a red car", ["a blue car"], params, synthetic=True)
+    compiled = render_keyframes(fast, x_t, "a red car", ["a blue car"], params, synthetic=True)
+    torch.testing.assert_close(compiled.keyframe_latents, plain.keyframe_latents, atol=1e-3, rtol=0)

@@ -148,9 +148,17 @@ class StableDiffusion:
 
 
 def load_stable_diffusion(
-    model: str | None = None, device: str = "auto", dtype: str = "auto"
+    model: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    channels_last: bool = False,
+    compile_unet: str | None = None,
 ) -> StableDiffusion:
-    """Load UNet, VAE, CLIP text encoder, tokenizer and scheduler config from safetensors."""
+    """Load UNet, VAE, CLIP text encoder, tokenizer and scheduler config from safetensors.
+
+    `channels_last` and `compile_unet` (a torch.compile backend: "inductor" on GPUs) change how the
+    UNet runs, not what it computes (tests/test_method.py checks the outputs agree).
+    """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -175,6 +183,13 @@ def load_stable_diffusion(
     scheduler_config = dict(DDIMScheduler.load_config(path, subfolder="scheduler"))
     for module in (unet, vae, text_encoder):
         module.requires_grad_(False).eval().to(torch_device)
+    if channels_last:
+        unet.to(memory_format=torch.channels_last)
+        vae.to(memory_format=torch.channels_last)
+    if compile_unet:
+        # attention processors are Python objects switched per call: compile the blocks, not the loop
+        for block in (*unet.down_blocks, unet.mid_block, *unet.up_blocks):
+            block.compile(backend=compile_unet, dynamic=False)
     return StableDiffusion(
         unet, vae, text_encoder, tokenizer, scheduler_config, model, revision, path, torch_device, torch_dtype
     )
