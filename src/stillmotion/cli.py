@@ -51,6 +51,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     parser.add_argument(
+        "--channels-last", action="store_true", help="channels-last memory format for UNet and VAE (GPUs)"
+    )
+    parser.add_argument(
+        "--compile",
+        metavar="BACKEND",
+        dest="compile_unet",
+        help="torch.compile the UNet blocks with this backend (e.g. inductor; GPUs; first steps are slow)",
+    )
+    parser.add_argument(
         "--dtype",
         default="auto",
         choices=["auto", "fp32", "fp16", "bf16"],
@@ -257,7 +266,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from .single import read_bytes
 
         fit_image(open_image(read_bytes(args.image)), 8)
-    sd = load_stable_diffusion(args.model, device=args.device, dtype=args.dtype)
+    sd = load_stable_diffusion(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        channels_last=args.channels_last,
+        compile_unet=args.compile_unet,
+    )
     progress = StageProgress()
     try:
         files, metadata = generate_video(sd, request, progress)

@@ -141,6 +141,8 @@ def batch_flow(
     dtype: str = "auto",
     in_flight: int = 4,
     show_progress: bool = False,
+    channels_last: bool = False,
+    compile_unet: str | None = None,
 ) -> dict:
     """Make every video of a manifest; returns the counts {rows, done, cached, failed, seconds}."""
     # 1. stores: fail the run (not a row) when the output cannot be written
@@ -184,17 +186,19 @@ def batch_flow(
         if info is None:
             info = inspect_model(model)
         job = Job(
-            row.video_id,
-            row.request,
-            outputs.url,
-            cache_url,
-            info.model_id,
-            info.path,
-            info.revision,
-            info.image_size,
-            device,
-            dtype,
-            force,
+            video_id=row.video_id,
+            request=row.request,
+            output_url=outputs.url,
+            cache_url=cache_url,
+            model=info.model_id,
+            model_path=info.path,
+            revision=info.revision,
+            size=info.image_size,
+            device=device,
+            dtype=dtype,
+            force=force,
+            channels_last=channels_last,
+            compile_unet=compile_unet,
         )
         pending.append((row, submit_row(stages, job, runner), time.monotonic()))
         while len(pending) >= max(1, in_flight):

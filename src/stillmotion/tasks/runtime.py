@@ -42,6 +42,8 @@ class Job:
     device: str = "auto"
     dtype: str = "auto"
     force: bool = False
+    channels_last: bool = False  # execution options: they change speed, not results (not in keys)
+    compile_unet: str | None = None
 
     @property
     def model_key(self) -> dict:
@@ -83,10 +85,23 @@ def device_lock(device: str):
 
 def stable_diffusion(job: Job) -> StableDiffusion:
     """The process's loaded model for this job's device and dtype (loaded on first use)."""
-    key = (job.model_path, job.revision, _device_name(job.device), job.dtype)
+    key = (
+        job.model_path,
+        job.revision,
+        _device_name(job.device),
+        job.dtype,
+        job.channels_last,
+        job.compile_unet,
+    )
     with _GUARD:
         if key not in _MODELS:
-            _MODELS[key] = load_stable_diffusion(job.model, device=key[2], dtype=job.dtype)
+            _MODELS[key] = load_stable_diffusion(
+                job.model,
+                device=key[2],
+                dtype=job.dtype,
+                channels_last=job.channels_last,
+                compile_unet=job.compile_unet,
+            )
         return _MODELS[key]
 
 
