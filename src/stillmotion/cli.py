@@ -189,6 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("manifest", metavar="MANIFEST_URL")
     validate.add_argument("--storage-options", metavar="JSON", help="fsspec options for the URLs (JSON)")
 
+    toy = commands.add_parser(
+        "train-toy",
+        help="train the toy-world model (quality benchmarks) from scratch on the CPU",
+        description="Draw the procedural toy world (one coloured shape on black, with captions) and train a "
+        "tiny latent diffusion model on it in the Stable Diffusion layout: VAE first, then UNet and text "
+        "encoder jointly, for fixed time budgets. Weights are written as fp16 safetensors.",
+    )
+    toy.add_argument("dir", metavar="DIR")
+    toy.add_argument("--vae-minutes", type=float, default=4.0, help="VAE training time (4)")
+    toy.add_argument(
+        "--unet-minutes", type=float, default=22.0, help="UNet + text encoder training time (22)"
+    )
+    toy.add_argument("--images", type=_positive("--images"), default=50_000, help="training images (50000)")
+    toy.add_argument("--seed", type=_positive("--seed", 0), default=0)
+
     tiny = commands.add_parser(
         "make-tiny-model",
         help="write a tiny random SD + BLIP model for offline runs and tests",
@@ -404,6 +419,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return print_validation(args.manifest)
 
 
+def cmd_train_toy(args: argparse.Namespace) -> int:
+    import torch
+
+    from .toyworld.train import train_toy_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    train_toy_model(
+        args.dir,
+        args.vae_minutes,
+        args.unet_minutes,
+        args.seed,
+        args.images,
+        log=lambda line: print(line, flush=True),
+    )
+    return EXIT_OK
+
+
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from .models.tiny import make_tiny_model
 
@@ -418,6 +450,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "validate": cmd_validate,
     "make-tiny-model": cmd_make_tiny_model,
+    "train-toy": cmd_train_toy,
 }
 
 

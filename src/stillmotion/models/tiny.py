@@ -50,19 +50,48 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars), strict=True))
 
 
-def write_clip_tokenizer(folder: Path) -> None:
-    """A byte-level CLIP tokenizer (514 tokens, no merges) that tokenizes any text, as real files."""
+def write_clip_tokenizer(folder: Path, words: tuple[str, ...] = ()) -> int:
+    """A byte-level CLIP tokenizer that tokenizes any text, as real files; returns its vocab size.
+
+    With no `words` it has 514 tokens and no merges. Each of `words` (lowercase ASCII) gets BPE
+    merges that make it one token, so a small world's vocabulary is word-level.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     symbols = list(bytes_to_unicode().values())
     vocab = {symbol: i for i, symbol in enumerate(symbols)}
     vocab.update({symbol + "</w>": 256 + i for i, symbol in enumerate(symbols)})
-    vocab.update({_BOS: 512, _EOS: 513})
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        # run BPE with the merges so far, then join what is left left-to-right: merges added later
+        # rank higher, so they never change how an earlier word is split
+        pieces = _bpe([*word[:-1], word[-1] + "</w>"], merges)
+        while len(pieces) > 1:
+            merges.append((pieces[0], pieces[1]))
+            pieces = [pieces[0] + pieces[1], *pieces[2:]]
+            vocab.setdefault(pieces[0], len(vocab))
+    vocab.update({_BOS: len(vocab), _EOS: len(vocab) + 1})
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     specials = {"bos_token": _BOS, "eos_token": _EOS, "unk_token": _EOS, "pad_token": _EOS}
     (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
     config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True, **specials}
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return len(vocab)
+
+
+def _bpe(pieces: list[str], merges: list[tuple[str, str]]) -> list[str]:
+    """Apply BPE merges to a word's symbols, lowest rank first (CLIP's algorithm)."""
+    ranks = {pair: rank for rank, pair in enumerate(merges)}
+    while len(pieces) > 1:
+        pairs = [
+            (ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(pieces, pieces[1:], strict=False))
+        ]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        pieces = [*pieces[:i], pieces[i] + pieces[i + 1], *pieces[i + 2 :]]
+    return pieces
 
 
 def _save_config(folder: Path, name: str, config: dict) -> None:

@@ -1,0 +1,89 @@
+"""A procedural toy world: one anti-aliased coloured shape on black, with its caption and ground truth.
+
+    images, truths = draw_batch(64, np.random.default_rng(0))      # (64, 32, 32, 3) uint8
+    truths[0].caption                                              # "a big red circle"
+
+Hue and size are continuous (jittered around the named colours, sizes in a range) so that edits
+and frames can move smoothly; captions name the nearest colour and a size class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {"red": 0.0, "yellow": 60.0, "green": 120.0, "blue": 230.0}  # hue in degrees
+SIZE = 32  # image side in pixels
+SUPERSAMPLE = 4  # anti-aliasing: draw at 4x, average down
+
+
+@dataclass(frozen=True)
+class Truth:
+    """The ground truth of one toy image."""
+
+    shape: str
+    colour: str
+    hue: float  # degrees, continuous
+    radius: float  # half the shape's extent, pixels
+    center: tuple[float, float]  # (x, y), pixels
+    big: bool
+
+    @property
+    def caption(self) -> str:
+        return f"a {'big' if self.big else 'small'} {self.colour} {self.shape}"
+
+
+def hue_to_rgb(hue: float, saturation: float = 1.0, value: float = 1.0) -> np.ndarray:
+    """HSV (hue in degrees) to RGB in [0, 1]."""
+    h = (hue % 360) / 60
+    c = value * saturation
+    x = c * (1 - abs(h % 2 - 1))
+    table = [(c, x, 0), (x, c, 0), (0, c, x), (0, x, c), (x, 0, c), (c, 0, x)]
+    return np.array(table[int(h) % 6]) + (value - c)
+
+
+def shape_mask(shape: str, center: tuple[float, float], radius: float, size: int = SIZE) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] of a shape, (size, size)."""
+    n = size * SUPERSAMPLE
+    ys, xs = (np.mgrid[0:n, 0:n] + 0.5) / SUPERSAMPLE  # pixel-space sample positions
+    dx, dy = xs - center[0], ys - center[1]
+    if shape == "circle":
+        inside = dx**2 + dy**2 <= radius**2
+    elif shape == "square":
+        side = radius * 0.886  # same area as the circle of this radius
+        inside = (np.abs(dx) <= side) & (np.abs(dy) <= side)
+    elif shape == "triangle":  # upward equilateral triangle inscribed in the circle
+        top, base = -radius, radius / 2
+        inside = (dy >= top) & (dy <= base) & (np.abs(dx) <= (dy - top) / np.sqrt(3))
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    return inside.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3))
+
+
+def sample_truth(rng: np.random.Generator, shape: str | None = None, colour: str | None = None) -> Truth:
+    shape = shape or SHAPES[rng.integers(len(SHAPES))]
+    colour = colour or list(COLOURS)[rng.integers(len(COLOURS))]
+    hue = COLOURS[colour] + rng.uniform(-12, 12)
+    big = bool(rng.integers(2))
+    radius = rng.uniform(9, 12) if big else rng.uniform(5, 7.5)
+    margin = radius + 1
+    center = (rng.uniform(margin, SIZE - margin), rng.uniform(margin, SIZE - margin))
+    return Truth(shape, colour, hue, radius, center, big)
+
+
+def render(truth: Truth) -> np.ndarray:
+    """The (SIZE, SIZE, 3) uint8 image of a truth: its shape in its hue on black."""
+    coverage = shape_mask(truth.shape, truth.center, truth.radius)[..., None]
+    return np.round(coverage * hue_to_rgb(truth.hue) * 255).astype(np.uint8)
+
+
+def draw_batch(n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[Truth]]:
+    truths = [sample_truth(rng) for _ in range(n)]
+    return np.stack([render(t) for t in truths]), truths
+
+
+def vocabulary() -> list[str]:
+    """Every word a toy caption or prompt uses."""
+    return ["a", "big", "small", *COLOURS, *SHAPES]

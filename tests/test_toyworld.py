@@ -1,0 +1,69 @@
+"""The toy world, its judge, the metrics, the trainer, and quality floors of the committed model."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stillmotion.metrics import edge_ssim, temporal_smoothness
+from stillmotion.toyworld.judge import centroid, judge, mask_iou
+from stillmotion.toyworld.world import COLOURS, SHAPES, Truth, draw_batch, render, vocabulary
+
+TOY_MODEL = Path(__file__).resolve().parents[1] / "models" / "toyworld"
+
+
+def test_judge_agrees_with_ground_truth():
+    images, truths = draw_batch(300, np.random.default_rng(7))
+    verdicts = [judge(image) for image in images]
+    assert np.mean([v.colour == t.colour for v, t in zip(verdicts, truths, strict=True)]) >= 0.99
+    assert np.mean([v.shape == t.shape for v, t in zip(verdicts, truths, strict=True)]) >= 0.98
+    for verdict, truth in zip(verdicts[:20], truths[:20], strict=True):
+        assert np.linalg.norm(centroid(verdict.mask) - np.array(truth.center)) < 1.5
+    assert judge(np.zeros((32, 32, 3), np.uint8)).colour is None
+
+
+def test_world_words_are_single_tokens(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from stillmotion.models.tiny import write_clip_tokenizer
+
+    write_clip_tokenizer(tmp_path, tuple(vocabulary()))
+    tokenizer = CLIPTokenizer.from_pretrained(tmp_path)
+    for word in vocabulary():
+        assert len(tokenizer(word).input_ids) == 3  # bos, the word, eos
+    assert len(tokenizer("a zebra").input_ids) > 4  # other text still tokenizes, byte by byte
+
+
+def test_structure_metrics_see_shape_not_colour():
+    circle = Truth("circle", "red", 0.0, 10.0, (16.0, 16.0), True)
+    recoloured = render(Truth("circle", "blue", 230.0, 10.0, (16.0, 16.0), True))
+    reshaped = render(Truth("square", "red", 0.0, 10.0, (16.0, 16.0), True))
+    source = render(circle)
+    assert edge_ssim(source, source) == pytest.approx(1.0)
+    assert edge_ssim(source, recoloured) > edge_ssim(source, reshaped)
+    assert mask_iou(judge(source).mask, judge(recoloured).mask) == 1.0
+    assert mask_iou(judge(source).mask, judge(reshaped).mask) < 0.9
+
+
+def test_temporal_smoothness_finds_the_jump():
+    ramp = np.linspace(0, 255, 9)[:, None, None] * np.ones((9, 4, 4))
+    smooth = temporal_smoothness(ramp)
+    assert smooth["mean_step"] == pytest.approx(255 / 8) and smooth["worst_over_mean"] == pytest.approx(1.0)
+    jump = np.concatenate([np.zeros((5, 4, 4)), np.full((4, 4, 4), 255.0)])
+    assert temporal_smoothness(jump)["worst_over_mean"] == pytest.approx(8.0)
+
+
+def test_training_script_writes_a_loadable_sd_layout_model(tmp_path):
+    from stillmotion.models import load_stable_diffusion
+    from stillmotion.toyworld.train import train_toy_model
+
+    train_toy_model(tmp_path / "toy", vae_minutes=0.01, unet_minutes=0.01, images=256, log=lambda _: None)
+    sd = load_stable_diffusion(str(tmp_path / "toy"), device="cpu", dtype="fp32")
+    assert sd.image_size == 32 and sd.vae_scale_factor == 4
+    assert len(sd.tokenizer("a big red circle").input_ids) == 6
+    assert (tmp_path / "toy" / "training.json").exists()
+
+
+def test_every_colour_and_shape_is_drawn():
+    _, truths = draw_batch(200, np.random.default_rng(1))
+    assert {t.colour for t in truths} == set(COLOURS) and {t.shape for t in truths} == set(SHAPES)
