@@ -243,7 +243,7 @@ def environment(device: torch.device) -> dict:
         model = next(
             (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?"
         )
-        name = f"CPU {model}, {torch.get_num_threads()} threads"
+        name = f"CPU {model}, torch threads: {torch.get_num_threads()}"
     try:
         git = ["git", "rev-parse", "--short", "HEAD"]
         commit = subprocess.run(git, capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
@@ -264,15 +264,15 @@ def markdown(args, info: dict, results: list[Result]) -> str:
     ours = results[-1]
     rows = "\n".join(
         f"| {r.name} | {r.seconds:.3f} | {r.seconds / ours.seconds:.2f}x | {r.peak_memory_gib:.2f} "
-        f"| {r.forward_equivalents:.0f} | {r.tflops:.3f} |"
+        f"| {r.forward_equivalents:.0f} | {r.tflops:.4g} |"
         for r in results
     )
     return f"""### Method benchmark, --size {args.size} ({info["date"]})
 
 - device: {info["device"]}; {info["versions"]}; dtype {info["dtype"]}; commit {info["commit"]}
 - command: `{info["command"]}`
-- one video: inversion + K={args.keyframes} key frames ({args.steps} steps) + {info["frames"]} inserted \
-frames decoded at {info["image_size"]} px; median of {args.repeats} after a warm-up
+- one video: inversion + K={args.keyframes} key frames ({args.steps} steps) + {info["frames"] - 1} inserted \
+frames, {info["frames"]} decoded at {info["image_size"]} px; median of {args.repeats} after a warm-up
 - **speedup over the seed, same dtype: {info["speedup"]:.2f}x**; {info["fp32_note"]}
 - peak memory: {info["memory_note"]}
 
@@ -281,7 +281,7 @@ frames decoded at {info["image_size"]} px; median of {args.repeats} after a warm
 {rows}
 
 UNet forward at {info["image_size"]} px: {info["unet_gflops"]:.3f} GFLOP per sample (FlopCounterMode, \
-multiply-add = 2). Peak {info["peak_tflops"]:.3f} TFLOP/s ({info["peak_source"]}): floor for ours = \
+multiply-add = 2). Peak {info["peak_tflops"]:.4g} TFLOP/s ({info["peak_source"]}): floor for ours = \
 {ours.forward_equivalents:.0f} x {info["unet_gflops"]:.3f} GFLOP / peak = {info["floor_seconds"]:.3f} s; \
 **ours is {info["ratio_to_floor"]:.2f}x the floor**.
 """
@@ -372,13 +372,13 @@ def main() -> None:
         "fp32_note": fp32_note,
         "memory_note": memory_note,
     }
-    print(f"\n{'path':<30}{'s/video':>10}{'vs ours':>9}{'peak GiB':>10}{'UNet fwd-eq':>13}{'TFLOP/s':>10}")
+    print(f"\n{'path':<30}{'s/video':>10}{'vs ours':>9}{'peak GiB':>10}{'UNet fwd-eq':>13}{'TFLOP/s':>11}")
     for r in results:
         print(
             f"{r.name:<30}{r.seconds:>10.3f}{r.seconds / ours.seconds:>8.2f}x{r.peak_memory_gib:>10.2f}"
-            f"{r.forward_equivalents:>13.0f}{r.tflops:>10.3f}"
+            f"{r.forward_equivalents:>13.0f}{r.tflops:>11.4g}"
         )
-    print(f"floor for ours {floor:.3f} s at {peak:.3f} TFLOP/s ({peak_source}): {ours.seconds / floor:.2f}x")
+    print(f"floor for ours {floor:.3f} s at {peak:.4g} TFLOP/s ({peak_source}): {ours.seconds / floor:.2f}x")
     print("\n" + markdown(args, info, results))
     if args.json:
         payload = info | {
