@@ -26,26 +26,42 @@ def encode_latents(vae, image: torch.Tensor, mode: str = "mean", generator: torc
 def auto_corr_loss(noise: torch.Tensor, generator: torch.Generator, min_roll: int = 1) -> torch.Tensor:
     """Squared auto-correlation of every (batch, channel) map at random rolls, over an avg-pool pyramid.
 
-    Roll offsets are drawn from `generator` in [min_roll, H/2). pix2pix-zero draws from [0, H/2),
-    where a roll of 0 turns the term into the squared mean power (a pull towards zero noise, not
-    a decorrelation); we default to min_roll=1, which needs maps of at least 4x4.
+    Roll offsets are drawn from `generator` in [min_roll, H/2), in pix2pix-zero's order (batch,
+    channel, pyramid level), then every map of a level is rolled at once with one gather. pix2pix-zero
+    draws from [0, H/2), where a roll of 0 turns the term into the squared mean power (a pull towards
+    zero noise, not a decorrelation); we default to min_roll=1, which needs maps of at least 4x4.
     """
+    batch, channels = noise.shape[:2]
+    sizes = [noise.shape[2]]  # the pyramid: halve until 8 or less
+    while sizes[-1] > 8:
+        sizes.append(sizes[-1] // 2)
+    if sizes[-1] // 2 <= min_roll:
+        raise ValueError(f"latents of {noise.shape[2]}x{noise.shape[3]} are too small to regularize")
+    rolls = torch.tensor(
+        [
+            [
+                [int(torch.randint(min_roll, size // 2, (1,), generator=generator)) for size in sizes]
+                for _ in range(channels)
+            ]
+            for _ in range(batch)
+        ],
+        device=noise.device,
+    )  # (B, C, levels)
     loss = noise.new_zeros(())
-    for b in range(noise.shape[0]):
-        for c in range(noise.shape[1]):
-            level = noise[b : b + 1, c : c + 1]  # (1, 1, H, W)
-            while True:
-                high = level.shape[2] // 2
-                if high <= min_roll:
-                    raise ValueError(
-                        f"latents of {level.shape[2]}x{level.shape[3]} are too small to regularize"
-                    )
-                roll = int(torch.randint(min_roll, high, (1,), generator=generator).item())
-                loss = loss + (level * torch.roll(level, shifts=roll, dims=2)).mean() ** 2
-                loss = loss + (level * torch.roll(level, shifts=roll, dims=3)).mean() ** 2
-                if level.shape[2] <= 8:
-                    break
-                level = F.avg_pool2d(level, kernel_size=2)
+    level = noise
+    for index in range(len(sizes)):
+        shift = rolls[:, :, index, None, None]  # (B, C, 1, 1)
+        height, width = level.shape[2:]
+        rows = (torch.arange(height, device=noise.device)[None, None, :, None] - shift) % height  # roll dim 2
+        cols = (torch.arange(width, device=noise.device)[None, None, None, :] - shift) % width  # roll dim 3
+        rolled_h = level.gather(2, rows.expand(batch, channels, height, width))
+        rolled_w = level.gather(3, cols.expand(batch, channels, height, width))
+        loss = (
+            loss
+            + ((level * rolled_h).mean(dim=(2, 3)) ** 2).sum()
+            + ((level * rolled_w).mean(dim=(2, 3)) ** 2).sum()
+        )
+        level = F.avg_pool2d(level, kernel_size=2)
     return loss
 
 
