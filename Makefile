@@ -34,8 +34,12 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# CPU benchmarks (minutes); results are recorded by hand in benchmarks/RESULTS.md.
+# The full-size GPU run: PYTHONPATH=src python benchmarks/method.py --size sd14 --repeats 1
 bench: setup
-	@echo "benchmarks arrive with issue 5"
+	$(BIN)/python benchmarks/method.py --size tiny --threads 1 --repeats 1
+	$(BIN)/python benchmarks/orchestration.py --rows 1000 --mode both
+	$(BIN)/python benchmarks/quality.py --model models/toyworld --sources 10
 
 constraints: setup
 	{ head -n 3 infra/constraints.txt; $(BIN)/pip freeze | grep "==" | grep -v -iE "^(stillmotion|torch)=="; } \

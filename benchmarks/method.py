@@ -36,15 +36,13 @@ import numpy as np
 import PIL.Image
 import torch
 import transformers
-from diffusers import AutoencoderKL, DDIMInverseScheduler, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor
-from diffusers.pipelines.deprecated.stable_diffusion_variants.pipeline_stable_diffusion_pix2pix_zero import (
-    StableDiffusionPix2PixZeroPipeline,
-)
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from stillmotion.models import MethodParams, StableDiffusion, edit_weights, load_stable_diffusion
+from stillmotion.models.baseline import pix2pix_zero_pipeline
 from stillmotion.models.images import pil_to_tensor
 from stillmotion.models.inversion import encode_latents
 from stillmotion.models.method import (
@@ -98,31 +96,6 @@ def source_image(side: int) -> PIL.Image.Image:
     y, x = np.mgrid[0:side, 0:side] / side
     rgb = np.stack([x, y, 0.5 + 0.5 * np.sin(6 * np.pi * x * y)], axis=-1)  # (H, W, 3) in [0, 1]
     return PIL.Image.fromarray((rgb * 255).astype(np.uint8))
-
-
-@contextmanager
-def seed_pipeline(sd: StableDiffusion) -> Iterator[StableDiffusionPix2PixZeroPipeline]:
-    """diffusers' pix2pix-zero pipeline on our components; it replaces the attention processors for good."""
-    original = dict(sd.unet.attn_processors)
-    pipe = StableDiffusionPix2PixZeroPipeline(
-        vae=sd.vae,
-        text_encoder=sd.text_encoder,
-        tokenizer=sd.tokenizer,
-        unet=sd.unet,
-        scheduler=DDIMScheduler.from_config(sd.scheduler_config),
-        feature_extractor=None,
-        safety_checker=None,
-        inverse_scheduler=DDIMInverseScheduler.from_config(sd.scheduler_config),
-        caption_generator=None,
-        caption_processor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    try:
-        yield pipe
-    finally:
-        sd.unet.set_attn_processor(original)
-        sd.unet.requires_grad_(False)
 
 
 def seed_video(pipe, sd: StableDiffusion, image: PIL.Image.Image, params: MethodParams) -> torch.Tensor:
@@ -331,7 +304,7 @@ def main() -> None:
         print(f"UNet forward: {flops / 1e9:.3f} GFLOP at {sd.image_size} px, {dtype} on {sd.device}")
 
         # 2. the seed's approach in our dtype, then ours (the pipeline's processors are undone between)
-        with seed_pipeline(sd) as pipe:
+        with pix2pix_zero_pipeline(sd) as pipe:
             seed = measure(
                 f"seed (pix2pix-zero), {dtype}", partial(seed_video, pipe, sd, image), sd, params, repeats
             )
@@ -345,7 +318,7 @@ def main() -> None:
             fp32_note = "the seed in fp32 was skipped (--skip-fp32-baseline)"
         else:
             sd32 = load_stable_diffusion(folder, args.device, "fp32")
-            with seed_pipeline(sd32) as pipe:
+            with pix2pix_zero_pipeline(sd32) as pipe:
                 seed32 = measure(
                     "seed (pix2pix-zero), fp32", partial(seed_video, pipe, sd32, image), sd32, params, repeats
                 )

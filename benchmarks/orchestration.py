@@ -174,9 +174,12 @@ def run_case(rows: int, variant: str, args: argparse.Namespace, model: Path, ear
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(home), "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # a busy 2-core machine starts slowly
-    options = ["--model", str(model), "--no-progress"] + (
-        [] if in_flight is None else ["--in-flight", str(in_flight)]
-    )
+    options = [
+        "--model",
+        str(model),
+        "--no-progress",
+        *(["--in-flight", str(in_flight)] if in_flight else []),
+    ]
 
     def command(man: Path, out: Path) -> list[str]:
         return [*cli(), "run", str(man), "--output", str(out), *options]
@@ -336,25 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, action="append", help="manifest rows (repeatable; default 1000)")
     parser.add_argument("--mode", choices=["cold", "rerun", "both"], default="both")
-    parser.add_argument(
-        "--variant",
-        choices=["synthetic", "real"],
-        action="append",
-        help="synthetic: source_prompt rows; real: 4 small PNGs with a caption (default synthetic)",
+    add = parser.add_argument
+    add(
+        "--variant", choices=["synthetic", "real"], action="append", help="real: 4 PNGs + caption (synthetic)"
     )
-    parser.add_argument(
-        "--workdir", type=Path, help="where models, manifests and outputs go (default: a temp dir)"
-    )
-    parser.add_argument(
-        "--in-flight", type=int, help="pass --in-flight N to stillmotion run (default: its own)"
-    )
-    parser.add_argument(
-        "--max-cold-minutes",
-        type=float,
-        default=25,
-        help="skip a cold run estimated (from an earlier, smaller one) to take longer; its rerun then runs "
-        "on cloned outputs (25)",
-    )
+    add("--workdir", type=Path, help="models, manifests and outputs go here (default: a temp dir)")
+    add("--in-flight", type=int, help="pass --in-flight N to stillmotion run (default: its own)")
+    add("--max-cold-minutes", type=float, default=25, help="skip longer cold runs, estimated (25)")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     args = parser.parse_args(argv)
     args.workdir = workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="stillmotion-orch-"))).resolve()

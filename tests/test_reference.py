@@ -4,12 +4,9 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler
-from diffusers.pipelines.deprecated.stable_diffusion_variants.pipeline_stable_diffusion_pix2pix_zero import (
-    StableDiffusionPix2PixZeroPipeline,
-)
 
 from stillmotion.models import MethodParams
+from stillmotion.models.baseline import pix2pix_zero_pipeline
 from stillmotion.models.images import pil_to_tensor
 from stillmotion.models.inversion import encode_latents, invert
 from stillmotion.models.keyframes import guided_keyframes, keyframe_embeddings
@@ -22,33 +19,8 @@ from stillmotion.models.text import encode_text
 ATOL = 1e-4
 
 
-def reference_pipeline(sd):
-    """The seed's pipeline, built from the very components we use (and restored afterwards)."""
-    return StableDiffusionPix2PixZeroPipeline(
-        vae=sd.vae,
-        text_encoder=sd.text_encoder,
-        tokenizer=sd.tokenizer,
-        unet=sd.unet,
-        scheduler=DDIMScheduler.from_config(sd.scheduler_config),
-        feature_extractor=None,
-        safety_checker=None,
-        inverse_scheduler=DDIMInverseScheduler.from_config(sd.scheduler_config),
-        caption_generator=None,
-        caption_processor=None,
-        requires_safety_checker=False,
-    )
-
-
-@pytest.fixture
-def restore_processors(sd):
-    original = dict(sd.unet.attn_processors)
-    yield
-    sd.unet.set_attn_processor(original)
-    sd.unet.requires_grad_(False)
-
-
 @pytest.mark.parametrize("guidance", [0.1, 10.0])
-def test_one_keyframe_at_weight_one_matches_pix2pix_zero(sd, restore_processors, guidance):
+def test_one_keyframe_at_weight_one_matches_pix2pix_zero(sd, guidance):
     """Observed max difference 1.5e-5; at weight 10 guidance moves the frame by ~1.6e-2 (100x ATOL)."""
     steps, caption, prompt = 10, "a photo of a cat", "a photo of a dog"
     x_t = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3))
@@ -66,18 +38,18 @@ def test_one_keyframe_at_weight_one_matches_pix2pix_zero(sd, restore_processors,
         cfg_scale=5.0,
         xa_guidance=guidance,
     )
-    pipe = reference_pipeline(sd)
-    theirs = pipe(
-        prompt=caption,
-        negative_prompt=caption,
-        source_embeds=source_embeds,
-        target_embeds=target_embeds,
-        num_inference_steps=steps,
-        guidance_scale=5.0,
-        cross_attention_guidance_amount=guidance,
-        latents=x_t.clone(),
-        output_type="latent",
-    ).images
+    with pix2pix_zero_pipeline(sd) as pipe:
+        theirs = pipe(
+            prompt=caption,
+            negative_prompt=caption,
+            source_embeds=source_embeds,
+            target_embeds=target_embeds,
+            num_inference_steps=steps,
+            guidance_scale=5.0,
+            cross_attention_guidance_amount=guidance,
+            latents=x_t.clone(),
+            output_type="latent",
+        ).images
     assert ours.shape == theirs.shape == (1, 4, 8, 8)
     torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=0)
     # the edit did something: the edited frame differs from the reference (source) frame
@@ -97,7 +69,7 @@ def test_one_keyframe_at_weight_one_matches_pix2pix_zero(sd, restore_processors,
         assert (ours - unguided).abs().max() > 100 * ATOL
 
 
-def test_inversion_matches_pix2pix_zero_invert(sd, restore_processors):
+def test_inversion_matches_pix2pix_zero_invert(sd):
     """Same when controlled for our two fixes: roll offsets may be 0 and the VAE encode is sampled."""
     steps, caption, seed = 5, "a photo of a cat", 11
     image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
@@ -108,11 +80,11 @@ def test_inversion_matches_pix2pix_zero_invert(sd, restore_processors):
     cond, _ = encode_text(sd.tokenizer, sd.text_encoder, [caption])
     ours = invert(sd.unet, sd.scheduler_config, latents, cond, params, generator, min_roll=0)
 
-    theirs = (
-        reference_pipeline(sd)
-        .invert(caption, image=image, num_inference_steps=steps, generator=seeded_generator(seed))
-        .latents
-    )
+    with pix2pix_zero_pipeline(sd) as pipe:
+        theirs = pipe.invert(
+            caption, image=image, num_inference_steps=steps, generator=seeded_generator(seed)
+        )
+    theirs = theirs.latents
     torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=1e-4)
 
     # our defaults (latent mean, offsets never 0) are deterministic too, and differ from theirs

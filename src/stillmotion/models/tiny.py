@@ -99,6 +99,26 @@ def _save_config(folder: Path, name: str, config: dict) -> None:
     (folder / name).write_text(json.dumps(config, indent=2))
 
 
+def write_pipeline_files(out: Path) -> None:
+    """scheduler/ (SD1.4's betas, as DDIM) and model_index.json of a StableDiffusionPipeline folder."""
+    _save_config(out / "scheduler", "scheduler_config.json", SD14_SCHEDULER)
+    _save_config(
+        out,
+        "model_index.json",
+        {
+            "_class_name": "StableDiffusionPipeline",
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "scheduler": ["diffusers", "DDIMScheduler"],
+            "safety_checker": [None, None],
+            "feature_extractor": [None, None],
+            "requires_safety_checker": False,
+        },
+    )
+
+
 def make_tiny_model(out: str | Path, seed: int = 0, sample_size: int = 8) -> Path:
     """Write a tiny SD pipeline (latent `sample_size`, so images of 8 x sample_size px) and captioner."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -151,22 +171,7 @@ def make_tiny_model(out: str | Path, seed: int = 0, sample_size: int = 8) -> Pat
     vae.save_pretrained(out / "vae", safe_serialization=True)
     text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
     write_clip_tokenizer(out / "tokenizer")
-    _save_config(out / "scheduler", "scheduler_config.json", SD14_SCHEDULER)
-    _save_config(
-        out,
-        "model_index.json",
-        {
-            "_class_name": "StableDiffusionPipeline",
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "scheduler": ["diffusers", "DDIMScheduler"],
-            "safety_checker": [None, None],
-            "feature_extractor": [None, None],
-            "requires_safety_checker": False,
-        },
-    )
+    write_pipeline_files(out)
     make_tiny_captioner(out / "captioner", seed=seed + 3)
     return out
 

@@ -74,15 +74,12 @@ def logs_failures(stage):
     return wrapper
 
 
-def timing(started: float) -> dict:
-    """A stage's compute record: seconds, wall-clock start and end, and the worker it ran on."""
-    ended = time.time()
-    return {
-        "seconds": round(ended - started, 4),
-        "started": started,
-        "ended": ended,
-        "worker": worker_label(),
-    }
+def timing(started: float, compute_start: float) -> dict:
+    """A stage's record: compute seconds (from `compute_start`, a perf_counter taken once the device
+    is held, so lock waits do not count), the task's wall-clock start (before any wait) and end, and
+    the worker it ran on."""
+    seconds = time.perf_counter() - compute_start
+    return {"seconds": round(seconds, 4), "started": started, "ended": time.time(), "worker": worker_label()}
 
 
 def prefect_key(key: str) -> str:
@@ -154,9 +151,12 @@ def caption_stage(job: Job, source: dict) -> dict:
     if job.force or not store.has(key, "json"):
         started = time.time()
         with device_lock(job.device):
+            compute_start = time.perf_counter()
             blip = captioner(job)
             text = caption_image(blip.model, blip.processor, _source_image(job, source))
-        store.put_json(key, {"caption": text, **timing(started), **_captioner_identity(job.model_path)})
+        store.put_json(
+            key, {"caption": text, **timing(started, compute_start), **_captioner_identity(job.model_path)}
+        )
         COMPUTED["caption"] += 1
     return {"key": key, "caption_source": "blip", **store.get_json(key)}
 
@@ -184,9 +184,10 @@ def invert_stage(job: Job, source: dict, caption: dict) -> dict:
     if job.force or not store.has(key, "safetensors"):
         started = time.time()
         with device_lock(job.device):
+            compute_start = time.perf_counter()
             sd = stable_diffusion(job)
             inverted = invert_source(sd, _source_image(job, source), caption["caption"], job.request.params)
-        store.put_json(key, timing(started))
+        store.put_json(key, timing(started, compute_start))
         store.put_tensors(key, {"inverted_noise": inverted})
         COMPUTED["invert"] += 1
     return {"key": key, **store.get_json(key)}
@@ -220,6 +221,7 @@ def keyframes_stage(job: Job, inverted: dict | None, caption: dict) -> dict:
         request = job.request
         started = time.time()
         with device_lock(job.device):
+            compute_start = time.perf_counter()
             sd = stable_diffusion(job)
             if inverted:
                 noise = store.get_tensors(inverted["key"])["inverted_noise"]
@@ -228,7 +230,9 @@ def keyframes_stage(job: Job, inverted: dict | None, caption: dict) -> dict:
             rendered = render_keyframes(
                 sd, noise, caption["caption"], list(request.prompts), request.params, request.synthetic
             )
-        store.put_json(key, {**timing(started), "truncated_prompts": rendered.truncated_prompts})
+        store.put_json(
+            key, {**timing(started, compute_start), "truncated_prompts": rendered.truncated_prompts}
+        )
         store.put_tensors(
             key, {"source_latent": rendered.source_latent, "keyframe_latents": rendered.keyframe_latents}
         )
@@ -257,13 +261,14 @@ def frames_stage(job: Job, keyframes: dict) -> dict:
         started = time.time()
         latents = store.get_tensors(keyframes["key"])
         with device_lock(job.device):
+            compute_start = time.perf_counter()
             sd = stable_diffusion(job)
             rendered = Rendered(
                 latents["source_latent"].to(sd.device), latents["keyframe_latents"].to(sd.device)
             )
             frames = _uint8(render_frames(sd, rendered, job.request.params))
             keyframe_images = _uint8(decode_keyframes(sd, rendered, job.request.params))
-        store.put_json(key, timing(started))
+        store.put_json(key, timing(started, compute_start))
         store.put_tensors(key, {"frames": frames, "keyframes": keyframe_images})
         COMPUTED["frames"] += 1
     return {"key": key, **store.get_json(key)}
@@ -288,9 +293,9 @@ def encode_stage(job: Job, frames: dict) -> dict:
     """H.264 MP4 of the frames."""
     key, store = encode_key(job, frames), artifacts(job.cache_url)
     if job.force or not store.has(key, "mp4"):
-        started = time.time()
+        started, compute_start = time.time(), time.perf_counter()
         video = mp4_bytes(frame_images(job, frames)[0], fps=job.request.params.fps)
-        store.put_json(key, timing(started))
+        store.put_json(key, timing(started, compute_start))
         store.put_file(key, "mp4", video)
         COMPUTED["encode"] += 1
     return {"key": key, **store.get_json(key)}

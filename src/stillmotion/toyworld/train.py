@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.tiny import SD14_SCHEDULER, write_clip_tokenizer
+from ..models.tiny import SD14_SCHEDULER, write_clip_tokenizer, write_pipeline_files
 from .world import SIZE, draw_batch, vocabulary
 
 
@@ -174,20 +174,7 @@ def train_toy_model(
     )
     for name, module in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
         module.to(torch.float16).save_pretrained(out / name, safe_serialization=True)
-    (out / "scheduler").mkdir(parents=True, exist_ok=True)
-    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD14_SCHEDULER, indent=2))
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-    }
-    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    write_pipeline_files(out)
     recipe = {
         "seed": seed,
         "images": images,
