@@ -94,9 +94,6 @@ class Store:
     def write_json(self, relative: str, value) -> None:
         self.write_bytes(relative, json.dumps(value, indent=2, ensure_ascii=False, default=str).encode())
 
-    def modified(self, relative: str):
-        return self.fs.modified(self.path(relative))
-
 
 def _protocols(fs) -> tuple:
     protocol = fs.protocol

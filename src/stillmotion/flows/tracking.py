@@ -55,7 +55,8 @@ class RunTracker:
     _summary: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.schema = pa.schema(RESULT_FIELDS + [f for f in self.extra_fields if f.name not in _names()])
+        contract = {f.name for f in RESULT_FIELDS}  # a manifest column may not shadow a result column
+        self.schema = pa.schema(RESULT_FIELDS + [f for f in self.extra_fields if f.name not in contract])
         self._tmp = tempfile.TemporaryDirectory(prefix="stillmotion-results-")
         self._path = Path(self._tmp.name) / "results.parquet"
         self._writer = pq.ParquetWriter(self._path, self.schema)
@@ -143,10 +144,6 @@ class RunTracker:
         }
         _table_artifact(self._summary, summary)
         return summary
-
-
-def _names() -> set[str]:
-    return {f.name for f in RESULT_FIELDS}
 
 
 def _progress_artifact(tracker: RunTracker, percent: float) -> None:
