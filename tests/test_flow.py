@@ -267,3 +267,18 @@ def test_run_cli_exit_statuses(tiny_model_dir, inputs, tmp_path, capsys):
     assert main(["validate", mixed]) == 1
     assert "row 1 (video_id=b): image" in capsys.readouterr().out
     assert main(["validate", good]) == 0
+
+
+def test_extra_columns_never_overwrite_result_columns(tmp_path):
+    """A manifest column named like a result column (here `status`) cannot fake a row's outcome."""
+    import pyarrow as pa
+
+    from stillmotion.flows.tracking import RunTracker
+    from stillmotion.storage import OutputStore
+
+    extras = [pa.field("status", pa.string()), pa.field("tag", pa.string())]
+    tracker = RunTracker(OutputStore(str(tmp_path)), 1, extras, show_progress=False)
+    tracker.add(0, "a", {"status": "ok", "tag": "x"}, status="failed", error="boom")
+    tracker.close()
+    [row] = pq.read_table(tmp_path / "results.parquet").to_pylist()
+    assert row["status"] == "failed" and row["error"] == "boom" and row["tag"] == "x"

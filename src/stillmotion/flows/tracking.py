@@ -55,8 +55,10 @@ class RunTracker:
     _summary: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        contract = {f.name for f in RESULT_FIELDS}  # a manifest column may not shadow a result column
-        self.schema = pa.schema(RESULT_FIELDS + [f for f in self.extra_fields if f.name not in contract])
+        self._contract = {f.name for f in RESULT_FIELDS}  # a manifest column never shadows a result column
+        self.schema = pa.schema(
+            RESULT_FIELDS + [f for f in self.extra_fields if f.name not in self._contract]
+        )
         self._tmp = tempfile.TemporaryDirectory(prefix="stillmotion-results-")
         self._path = Path(self._tmp.name) / "results.parquet"
         self._writer = pq.ParquetWriter(self._path, self.schema)
@@ -91,7 +93,7 @@ class RunTracker:
             "seconds": round(seconds, 3),
             "cached": cached,
             "row": row,
-            **extra,
+            **{name: value for name, value in extra.items() if name not in self._contract},
         }
         if status == "failed":
             self.counts.failed += 1
