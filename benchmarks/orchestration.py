@@ -112,14 +112,17 @@ def db_stats(home: Path) -> dict:
 
 
 def task_timings(home: Path) -> dict:
-    """Prefect's own timings of the last flow run: mean Running ms per stage, and the gaps between task runs.
+    """Prefect's own timings of the last batch run (its chunk subflows): mean Running ms per stage, and the
+    gaps between task runs.
 
     in_row_gap_ms: a task's start minus the end of the previous task of its row (the hand-off);
     between_rows_gap_ms: a row's first start minus the previous row's last end (meaningful at --in-flight 1).
     """
     query = (
         "SELECT name, start_time, end_time, total_run_time FROM task_run WHERE start_time IS NOT NULL"
-        " AND flow_run_id = (SELECT id FROM flow_run ORDER BY created DESC LIMIT 1)"
+        " AND flow_run_id IN (SELECT chunk.id FROM flow_run chunk JOIN task_run parent"
+        " ON chunk.parent_task_run_id = parent.id WHERE parent.flow_run_id ="
+        " (SELECT id FROM flow_run WHERE parent_task_run_id IS NULL ORDER BY created DESC LIMIT 1))"
     )
     with sqlite3.connect(home / "prefect.db") as con:
         records = con.execute(query).fetchall()

@@ -1,6 +1,7 @@
 """The batch flow on the tiny model: results, failures, publishing, caching and resume."""
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import fsspec
@@ -10,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
 from prefect.testing.utilities import prefect_test_harness
 
 from stillmotion.cli import main
@@ -69,10 +70,11 @@ def results(output: str) -> list[dict]:
 
 
 def task_states(flow_state) -> dict[str, list[str]]:
-    """Task-run state names of one flow run, by stage (what Prefect's UI shows)."""
+    """Task-run state names of one batch run (its chunk subflows), by stage (what Prefect's UI shows)."""
     flow_run_id = flow_state.state_details.flow_run_id
+    chunks = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        runs = client.read_task_runs(flow_run_filter=chunks)
     states: dict[str, list[str]] = {}
     for run in runs:
         states.setdefault(run.name.split("-")[0], []).append(run.state.name)
@@ -200,6 +202,41 @@ def test_rerun_recomputes_nothing_and_loads_no_model(tiny_model_dir, inputs, tmp
     assert delta == {"keyframes": 1, "frames": 1, "encode": 1}  # caption and inversion reused
     prompts = json.loads((Path(output) / "b" / "metadata.json").read_text())["prompts"]
     assert prompts == ["a cat", "a horse"]
+
+
+def chunk_runs(flow_state) -> dict[str, dict[str, int]]:
+    """The chunk subflows of one batch run: {flow run name: {stage: task runs}}."""
+    flow_run_id = flow_state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        chunks = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+        )
+        found = {}
+        for chunk in chunks:
+            assert chunk.state.is_completed()
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[chunk.id])))
+            found[chunk.name] = Counter(run.name.split("-")[0] for run in runs)
+    return found
+
+
+def test_manifest_runs_in_spans_of_chunk_rows_one_subflow_each(tiny_model_dir, tmp_path):
+    rows = [{"video_id": f"s{i}", "source_prompt": "a red car", "prompts": ["a blue car"]} for i in range(5)]
+    rows[1]["prompts"] = []  # a bad row: recorded by the parent, no task
+    manifest = write_manifest(tmp_path / "manifest.parquet", rows)
+    output = str(tmp_path / "out")
+    state = batch_flow(manifest, output, model=str(tiny_model_dir), chunk_rows=2, return_state=True)
+    assert state.result()["done"] == 4 and state.result()["failed"] == 1
+    chunks = chunk_runs(state)
+    # spans [0, 1], [2, 3], [4]: each span's work is one subflow holding only its rows' task runs
+    assert sorted(chunks) == ["rows-0", "rows-2", "rows-4"]
+    assert [chunks[name]["keyframes"] for name in ("rows-0", "rows-2", "rows-4")] == [1, 2, 1]
+    assert [row["video_id"] for row in results(output)] == [f"s{i}" for i in range(5)]
+
+    # a rerun after one video is lost: only the span holding it gets a subflow
+    fsspec.filesystem("file").rm(f"{output}/s3", recursive=True)
+    state = batch_flow(manifest, output, model=str(tiny_model_dir), chunk_rows=2, return_state=True)
+    assert state.result()["cached"] == 3 and state.result()["done"] == 1
+    assert list(chunk_runs(state)) == ["rows-3"]
 
 
 def test_memory_filesystem_output_and_cache(tiny_model_dir, inputs, tmp_path):

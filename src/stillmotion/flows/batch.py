@@ -4,7 +4,10 @@
 
 Rows stream from the manifest; a row whose video is complete is skipped by a lookup (no task,
 no model load); the others get a chain source -> caption -> invert -> keyframes -> frames ->
-encode -> publish, with at most `in_flight` rows submitted at once so memory stays flat.
+encode -> publish, with at most `in_flight` rows submitted at once. The manifest is taken in spans
+of `chunk_rows` rows and the work of each span runs in its own subflow: Prefect keeps every task
+run's state in its flow run until that flow run ends, so per-span subflows keep memory flat at any
+manifest size.
 """
 
 from __future__ import annotations
@@ -143,6 +146,7 @@ def batch_flow(
     show_progress: bool = False,
     channels_last: bool = False,
     compile_unet: str | None = None,
+    chunk_rows: int = 500,
 ) -> dict:
     """Make every video of a manifest; returns the counts {rows, done, cached, failed, seconds}."""
     # 1. stores: fail the run (not a row) when the output cannot be written
@@ -156,13 +160,34 @@ def batch_flow(
     rows, extra_fields = manifest_summary(manifest)
     total = rows if limit is None else min(rows, limit)
     tracker = RunTracker(outputs, total, extra_fields, show_progress=show_progress)
-    stages = _stages(cache_url, force)
-    runner = FlowRunContext.get().task_runner
-    info = None  # the model is resolved (not loaded) only when some row needs work
 
-    # 2. stream rows: failed and complete rows are recorded at once, the rest become task chains
-    pending: deque = deque()
+    # 2. stream rows: failed and complete rows are recorded at once, the rest become task chains,
+    #    run one span of `chunk_rows` manifest rows at a time, each span's work in a subflow
+    def run_chunk(first_row: int, rows: int) -> None:
+        stages, runner, pending = _stages(cache_url, force), FlowRunContext.get().task_runner, deque()
+        for row, job in work:
+            pending.append((row, submit_row(stages, job, runner), time.monotonic()))
+            while len(pending) >= max(1, in_flight):
+                _finish(tracker, outputs, *pending.popleft())
+        while pending:
+            _finish(tracker, outputs, *pending.popleft())
+
+    chunk_flow = flow(
+        run_chunk,
+        name="stillmotion-chunk",
+        flow_run_name="rows-{first_row}",
+        task_runner=FlowRunContext.get().task_runner,  # duplicated per subflow: a fresh runner
+        validate_parameters=False,
+        log_prints=True,
+    )
+    work: list = []
+    span_start = 0
+    info = None  # the model is resolved (not loaded) only when some row needs work
     for row in iter_manifest(manifest, limit=limit):
+        if row.index - span_start >= chunk_rows:
+            if work:
+                chunk_flow(first_row=work[0][0].index, rows=len(work))
+            work, span_start = [], row.index
         if row.error is not None:
             tracker.add(
                 row.index,
@@ -200,11 +225,9 @@ def batch_flow(
             channels_last=channels_last,
             compile_unet=compile_unet,
         )
-        pending.append((row, submit_row(stages, job, runner), time.monotonic()))
-        while len(pending) >= max(1, in_flight):
-            _finish(tracker, outputs, *pending.popleft())
-    while pending:
-        _finish(tracker, outputs, *pending.popleft())
+        work.append((row, job))
+    if work:
+        chunk_flow(first_row=work[0][0].index, rows=len(work))
 
     # 3. results.parquet and the summary
     return tracker.close()
