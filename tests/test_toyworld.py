@@ -57,7 +57,7 @@ def test_training_script_writes_a_loadable_sd_layout_model(tmp_path):
     from stillmotion.models import load_stable_diffusion
     from stillmotion.toyworld.train import train_toy_model
 
-    train_toy_model(tmp_path / "toy", vae_minutes=0.01, unet_minutes=0.01, images=256, log=lambda _: None)
+    train_toy_model(tmp_path / "toy", vae_steps=2, unet_steps=2, images=256, log=lambda _: None)
     sd = load_stable_diffusion(str(tmp_path / "toy"), device="cpu", dtype="fp32")
     assert sd.image_size == 32 and sd.vae_scale_factor == 4
     assert len(sd.tokenizer("a big red circle").input_ids) == 6

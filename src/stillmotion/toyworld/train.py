@@ -1,12 +1,15 @@
 """Train a tiny text-to-image latent diffusion model on the toy world, in the Stable Diffusion layout.
 
-    stillmotion train-toy models/toyworld --vae-minutes 4 --unet-minutes 20 --seed 0
+    stillmotion train-toy models/toyworld --vae-steps 1000 --unet-steps 3000 --seed 0
 
 Writes model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/ (weights as fp16
 safetensors), so `load_stable_diffusion` loads it exactly as it loads SD1.4. Recipe (from a trial
 on 2-core machines, see NOTES.md): a 3-block VAE (32 px -> 8x8 latents) trained on L1 + MSE + KL;
 then a small UNet and a 2-layer CLIP text encoder trained jointly on epsilon MSE over the encoded
 latents, 10% empty captions for classifier-free guidance, EMA weights saved.
+
+Budgets are step counts, so the same command and seed give the same weights on any machine (the
+cosine learning-rate decay follows the step count); `*_minutes` are optional safety caps only.
 """
 
 from __future__ import annotations
@@ -75,10 +78,14 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def train_vae(vae, images: np.ndarray, minutes: float, generator: torch.Generator, log) -> None:
+def _deadline(minutes: float | None) -> float:
+    return math.inf if minutes is None else time.monotonic() + 60 * minutes
+
+
+def train_vae(vae, images: np.ndarray, steps: int, generator: torch.Generator, log, minutes=None) -> int:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
-    deadline, step = time.monotonic() + 60 * minutes, 0
-    while time.monotonic() < deadline:
+    deadline, step = _deadline(minutes), 0
+    while step < steps and time.monotonic() < deadline:
         batch = to_tensor(images[torch.randint(len(images), (64,), generator=generator).numpy()])
         posterior = vae.encode(batch).latent_dist
         decoded = vae.decode(posterior.sample(generator)).sample
@@ -89,7 +96,8 @@ def train_vae(vae, images: np.ndarray, minutes: float, generator: torch.Generato
         optimizer.step()
         step += 1
         if step % 200 == 0:
-            log(f"vae step {step} loss {loss.item():.4f}")
+            log(f"vae step {step}/{steps} loss {loss.item():.4f}")
+    return step
 
 
 @torch.no_grad()
@@ -99,7 +107,7 @@ def encode_all(vae, images: np.ndarray) -> torch.Tensor:
     )
 
 
-def train_denoiser(unet, text_encoder, tokenizer, latents, captions, minutes, generator, log):
+def train_denoiser(unet, text_encoder, tokenizer, latents, captions, steps, generator, log, minutes=None):
     """Joint UNet + text encoder training on epsilon MSE; returns EMA copies of both."""
     from diffusers import DDPMScheduler
 
@@ -112,10 +120,9 @@ def train_denoiser(unet, text_encoder, tokenizer, latents, captions, minutes, ge
     )
     tokens = tokenizer(captions + [""], padding="max_length", max_length=77, return_tensors="pt").input_ids
     empty = tokens[-1:]
-    # a cosine learning-rate decay over the time budget, estimated from the step rate as we go
-    start, deadline, step = time.monotonic(), time.monotonic() + 60 * minutes, 0
-    while (now := time.monotonic()) < deadline:
-        progress = (now - start) / (deadline - start)
+    deadline, step = _deadline(minutes), 0
+    while step < steps and time.monotonic() < deadline:
+        progress = step / steps  # cosine learning-rate decay over the step budget
         for group in optimizer.param_groups:
             group["lr"] = 5e-4 * 0.5 * (1 + math.cos(math.pi * progress))
         index = torch.randint(len(latents), (128,), generator=generator)
@@ -138,17 +145,19 @@ def train_denoiser(unet, text_encoder, tokenizer, latents, captions, minutes, ge
                     e.lerp_(p, 1 - 0.999)
         step += 1
         if step % 100 == 0:
-            log(f"unet step {step} loss {loss.item():.4f} lr {optimizer.param_groups[0]['lr']:.2e}")
+            log(f"unet step {step}/{steps} loss {loss.item():.4f} lr {optimizer.param_groups[0]['lr']:.2e}")
     return ema_unet, ema_text, step
 
 
 def train_toy_model(
     out: str | Path,
-    vae_minutes: float = 4,
-    unet_minutes: float = 20,
+    vae_steps: int = 1000,
+    unet_steps: int = 3000,
     seed: int = 0,
     images: int = 50_000,
     log=print,
+    vae_minutes: float | None = None,
+    unet_minutes: float | None = None,
 ) -> Path:
     """Draw the data, train VAE then UNet + text encoder, save everything in the SD layout."""
     from transformers import CLIPTokenizer
@@ -161,26 +170,32 @@ def train_toy_model(
     vocab_size = write_clip_tokenizer(out / "tokenizer", tuple(vocabulary()))
     tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
     vae, unet, text_encoder = build_models(vocab_size)
-    log(f"training the VAE for {vae_minutes} min on {images} images")
-    train_vae(vae, pixels, vae_minutes, generator, log)
+    log(f"training the VAE for {vae_steps} steps on {images} images")
+    started = time.monotonic()
+    vae_done = train_vae(vae, pixels, vae_steps, generator, log, vae_minutes)
+    vae_seconds = time.monotonic() - started
     vae.eval().requires_grad_(False)
     means = encode_all(vae, pixels)
     vae.register_to_config(scaling_factor=float(1 / means.std()))
     latents = means * vae.config.scaling_factor
     scale = vae.config.scaling_factor
-    log(f"training UNet + text encoder for {unet_minutes} min (scaling factor {scale:.3f})")
+    log(f"training UNet + text encoder for {unet_steps} steps (scaling factor {scale:.3f})")
+    started = time.monotonic()
     unet, text_encoder, steps = train_denoiser(
-        unet, text_encoder, tokenizer, latents, captions, unet_minutes, generator, log
+        unet, text_encoder, tokenizer, latents, captions, unet_steps, generator, log, unet_minutes
     )
+    unet_seconds = time.monotonic() - started
     for name, module in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
         module.to(torch.float16).save_pretrained(out / name, safe_serialization=True)
     write_pipeline_files(out)
     recipe = {
         "seed": seed,
         "images": images,
-        "vae_minutes": vae_minutes,
-        "unet_minutes": unet_minutes,
+        "vae_steps": vae_done,
         "unet_steps": steps,
+        "vae_seconds": round(vae_seconds),
+        "unet_seconds": round(unet_seconds),
+        "stopped_by_time_cap": vae_done < vae_steps or steps < unet_steps,
         "torch": torch.__version__,
     }
     (out / "training.json").write_text(json.dumps(recipe, indent=2))
