@@ -176,7 +176,9 @@ def run_case(rows: int, variant: str, args: argparse.Namespace, model: Path, ear
     manifest, output, home = write_manifest(case, rows, variant), case / "out", case / "prefect-home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(home), "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
-    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # a busy 2-core machine starts slowly
+    # a busy 2-core machine (or a run under `nice`) starts the embedded server slowly
+    startup = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = startup
     options = [
         "--model",
         str(model),
