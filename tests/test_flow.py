@@ -11,11 +11,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
+)
 from prefect.testing.utilities import prefect_test_harness
 
 from stillmotion.cli import main
-from stillmotion.flows import batch_flow
+from stillmotion.flows import RunError, batch_flow
 from stillmotion.tasks import COMPUTED, runtime
 
 FAST = {"steps": 3, "keyframes": 2, "frames": 2}
@@ -219,24 +226,53 @@ def chunk_runs(flow_state) -> dict[str, dict[str, int]]:
     return found
 
 
-def test_manifest_runs_in_spans_of_chunk_rows_one_subflow_each(tiny_model_dir, tmp_path):
+def test_manifest_runs_in_spans_of_chunk_rows_one_subflow_each(tiny_model_dir, tmp_path, monkeypatch):
     rows = [{"video_id": f"s{i}", "source_prompt": "a red car", "prompts": ["a blue car"]} for i in range(5)]
-    rows[1]["prompts"] = []  # a bad row: recorded by the parent, no task
+    rows[4]["prompts"] = []  # a bad row: recorded by the parent, no task
     manifest = write_manifest(tmp_path / "manifest.parquet", rows)
     output = str(tmp_path / "out")
     state = batch_flow(manifest, output, model=str(tiny_model_dir), chunk_rows=2, return_state=True)
     assert state.result()["done"] == 4 and state.result()["failed"] == 1
     chunks = chunk_runs(state)
-    # spans [0, 1], [2, 3], [4]: each span's work is one subflow holding only its rows' task runs
-    assert sorted(chunks) == ["rows-0", "rows-2", "rows-4"]
-    assert [chunks[name]["keyframes"] for name in ("rows-0", "rows-2", "rows-4")] == [1, 2, 1]
+    # spans of 2 rows of work, [0, 1] and [2, 3]: each span's work is one subflow holding only its tasks
+    assert sorted(chunks) == ["rows-0", "rows-2"]
+    assert [chunks[name]["keyframes"] for name in ("rows-0", "rows-2")] == [2, 2]
     assert [row["video_id"] for row in results(output)] == [f"s{i}" for i in range(5)]
+    # the progress artifact belongs to the batch run, though its first finished row was in a subflow
+    batch_run = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        progress = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["stillmotion-progress"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[batch_run]),
+            )
+        )
+    assert progress
 
-    # a rerun after one video is lost: only the span holding it gets a subflow
-    fsspec.filesystem("file").rm(f"{output}/s3", recursive=True)
+    # a rerun counts only rows that need work: two lost videos, rows apart, share one span ...
+    lost = ("s0", "s3")
+    for video_id in lost:
+        fsspec.filesystem("file").rm(f"{output}/{video_id}", recursive=True)
     state = batch_flow(manifest, output, model=str(tiny_model_dir), chunk_rows=2, return_state=True)
-    assert state.result()["cached"] == 3 and state.result()["done"] == 1
-    assert list(chunk_runs(state)) == ["rows-3"]
+    assert state.result()["cached"] == 2 and state.result()["done"] == 2
+    assert list(chunk_runs(state)) == ["rows-0"]
+
+    # ... unless it would reach past SPAN_REACH x chunk_rows manifest rows (rows finished meanwhile wait)
+    monkeypatch.setattr("stillmotion.flows.batch.SPAN_REACH", 1)
+    for video_id in lost:
+        fsspec.filesystem("file").rm(f"{output}/{video_id}", recursive=True)
+    state = batch_flow(manifest, output, model=str(tiny_model_dir), chunk_rows=2, return_state=True)
+    assert sorted(chunk_runs(state)) == ["rows-0", "rows-3"]
+    assert [row["status"] for row in results(output)] == ["ok", "ok", "ok", "ok", "failed"]
+
+
+@pytest.mark.parametrize("option", ["chunk_rows", "in_flight"])
+def test_span_and_window_sizes_must_be_positive(tiny_model_dir, tmp_path, option):
+    manifest = write_manifest(
+        tmp_path / "manifest.parquet", [{"video_id": "a", "source_prompt": "a car", "prompts": ["a bus"]}]
+    )
+    with pytest.raises(RunError, match=f"{option} must be an integer >= 1"):
+        batch_flow(manifest, str(tmp_path / "out"), model=str(tiny_model_dir), **{option: 0})
 
 
 def test_memory_filesystem_output_and_cache(tiny_model_dir, inputs, tmp_path):

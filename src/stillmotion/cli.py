@@ -33,6 +33,13 @@ def _positive(name: str, minimum: int = 1):
     return parse
 
 
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -167,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-rows",
         type=_positive("--chunk-rows"),
         default=500,
-        help="manifest rows per subflow (500): Prefect holds a flow run's task states until it ends",
+        help="rows of work per subflow (500): Prefect holds a flow run's task states until it ends",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _add_model_options(run)
@@ -209,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument(
         "--unet-steps", type=_positive("--unet-steps"), default=3000, help="UNet + text encoder steps (3000)"
     )
-    toy.add_argument("--max-minutes", type=float, help="optional time cap per stage (stops early, logged)")
+    toy.add_argument(
+        "--max-minutes", type=_positive_float, help="optional time cap per stage (stops early, logged)"
+    )
     toy.add_argument("--images", type=_positive("--images"), default=50_000, help="training images (50000)")
     toy.add_argument("--seed", type=_positive("--seed", 0), default=0)
 
@@ -374,14 +383,15 @@ def _task_runner(args: argparse.Namespace, stack: contextlib.ExitStack):
 
 def cmd_run(args: argparse.Namespace) -> int:
     _configure_storage(args.storage_options, args.manifest, args.output, args.cache)
+    # row failures are reported in results.parquet and .logs/, not as tracebacks on the terminal;
+    # set before a local Dask cluster starts, so its worker processes inherit it
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     with contextlib.ExitStack() as stack:
         return _run(args, _task_runner(args, stack))
 
 
 def _run(args: argparse.Namespace, runner) -> int:
-    # row failures are reported in results.parquet and .logs/, not as tracebacks on the terminal
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from .flows import batch_flow
 
     flow = batch_flow if runner is None else batch_flow.with_options(task_runner=runner)

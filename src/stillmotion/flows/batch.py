@@ -38,6 +38,8 @@ from ..tasks import (
 )
 from .tracking import RunTracker
 
+SPAN_REACH = 10  # a span of work closes at most this many x chunk_rows manifest rows past its first job
+
 
 class RunError(RuntimeError):
     """The run cannot proceed at all (unwritable output, unusable model): exit status 1."""
@@ -149,6 +151,9 @@ def batch_flow(
     chunk_rows: int = 500,
 ) -> dict:
     """Make every video of a manifest; returns the counts {rows, done, cached, failed, seconds}."""
+    for name, value in (("chunk_rows", chunk_rows), ("in_flight", in_flight)):
+        if not isinstance(value, int) or value < 1:
+            raise RunError(f"{name} must be an integer >= 1, got {value!r}")
     # 1. stores: fail the run (not a row) when the output cannot be written
     configure_storage()  # options per protocol from the environment, never from parameters
     outputs = OutputStore(output)
@@ -162,7 +167,9 @@ def batch_flow(
     tracker = RunTracker(outputs, total, extra_fields, show_progress=show_progress)
 
     # 2. stream rows: failed and complete rows are recorded at once, the rest become task chains,
-    #    run one span of `chunk_rows` manifest rows at a time, each span's work in a subflow
+    #    run `chunk_rows` rows of work at a time, each span's work in a subflow. A span also closes
+    #    once it reaches SPAN_REACH x chunk_rows manifest rows past its first job, so that rows
+    #    finished meanwhile (kept in order by the tracker until that job is done) stay bounded.
     def run_chunk(first_row: int, rows: int) -> None:
         stages, runner, pending = _stages(cache_url, force), FlowRunContext.get().task_runner, deque()
         for row, job in work:
@@ -181,13 +188,11 @@ def batch_flow(
         log_prints=True,
     )
     work: list = []
-    span_start = 0
     info = None  # the model is resolved (not loaded) only when some row needs work
     for row in iter_manifest(manifest, limit=limit):
-        if row.index - span_start >= chunk_rows:
-            if work:
-                chunk_flow(first_row=work[0][0].index, rows=len(work))
-            work, span_start = [], row.index
+        if work and (len(work) >= chunk_rows or row.index - work[0][0].index >= SPAN_REACH * chunk_rows):
+            chunk_flow(first_row=work[0][0].index, rows=len(work))
+            work = []
         if row.error is not None:
             tracker.add(
                 row.index,

@@ -41,7 +41,9 @@ class RunTracker:
     """Collects one result per manifest row and writes them to OUTPUT/results.parquet in row order.
 
     Rows finish out of order; they wait in a buffer until every earlier row has finished, so the
-    buffer holds at most the rows in flight, and the file is written in batches, never held whole.
+    buffer holds the rows finished after the oldest unfinished one (bounded by the flow's span of
+    work), and the file is written in batches, never held whole. The progress artifact is created
+    here, in the batch flow run, so it belongs to that run, not to a chunk subflow.
     """
 
     outputs: OutputStore
@@ -70,6 +72,8 @@ class RunTracker:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=self.total, unit="video", file=sys.stderr, dynamic_ncols=True)
+        if self.total:
+            _progress_artifact(self, 0.0)
 
     def add(
         self,
