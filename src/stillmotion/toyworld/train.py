@@ -8,8 +8,10 @@ on 2-core machines, see NOTES.md): a 3-block VAE (32 px -> 8x8 latents) trained 
 then a small UNet and a 2-layer CLIP text encoder trained jointly on epsilon MSE over the encoded
 latents, 10% empty captions for classifier-free guidance, EMA weights saved.
 
-Budgets are step counts, so the same command and seed give the same weights on any machine (the
-cosine learning-rate decay follows the step count); `*_minutes` are optional safety caps only.
+Budgets are step counts (the cosine learning-rate decay follows the step count), so the same command
+and seed give the same weights on the same kind of CPU with the same thread count; other CPUs differ
+in float rounding. `*_minutes` are optional safety caps: a run they stop is logged as such and
+recorded in training.json, and is not reproducible.
 """
 
 from __future__ import annotations
@@ -174,6 +176,8 @@ def train_toy_model(
     started = time.monotonic()
     vae_done = train_vae(vae, pixels, vae_steps, generator, log, vae_minutes)
     vae_seconds = time.monotonic() - started
+    if vae_done < vae_steps:
+        log(f"time cap: the VAE stopped after {vae_done} of {vae_steps} steps")
     vae.eval().requires_grad_(False)
     means = encode_all(vae, pixels)
     vae.register_to_config(scaling_factor=float(1 / means.std()))
@@ -185,6 +189,8 @@ def train_toy_model(
         unet, text_encoder, tokenizer, latents, captions, unet_steps, generator, log, unet_minutes
     )
     unet_seconds = time.monotonic() - started
+    if steps < unet_steps:
+        log(f"time cap: the UNet stopped after {steps} of {unet_steps} steps")
     for name, module in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
         module.to(torch.float16).save_pretrained(out / name, safe_serialization=True)
     write_pipeline_files(out)
@@ -193,6 +199,9 @@ def train_toy_model(
         "images": images,
         "vae_steps": vae_done,
         "unet_steps": steps,
+        "vae_steps_requested": vae_steps,
+        "unet_steps_requested": unet_steps,
+        "threads": torch.get_num_threads(),
         "vae_seconds": round(vae_seconds),
         "unet_seconds": round(unet_seconds),
         "stopped_by_time_cap": vae_done < vae_steps or steps < unet_steps,
