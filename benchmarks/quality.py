@@ -1,6 +1,10 @@
 """Quality of the method on the toy world: sampling accuracy, then edits with a guidance sweep.
 
     python benchmarks/quality.py --model models/toyworld --sources 30 --weights 0 1 3 10
+    # the same on 2 cores: two 1-thread shards, then one report
+    python benchmarks/quality.py --sources 30 --shard 0/2 --threads 1 --save /tmp/q0.json &
+    python benchmarks/quality.py --sources 30 --shard 1/2 --threads 1 --save /tmp/q1.json; wait
+    python benchmarks/quality.py --sources 30 --merge /tmp/q0.json /tmp/q1.json
 
 Prints a markdown block for benchmarks/RESULTS.md: (1) how often the trained model's own samples
 have the prompt's colour and shape (judged by rules checked against ground truth), (2) for each
@@ -11,57 +15,23 @@ temporal smoothness and seconds per video.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
+import json
 import platform
 import subprocess
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from stillmotion.models import MethodParams, load_stable_diffusion
-from stillmotion.toyworld.judge import judge
-from stillmotion.toyworld.quality import score_source, summarize, toy_sources
-from stillmotion.toyworld.world import COLOURS, SHAPES
+from stillmotion.toyworld.quality import EditScore, sampling_accuracy, score_source, summarize, toy_sources
+from stillmotion.toyworld.world import Truth
 
 
-def sampling_accuracy(sd, per_prompt: int, steps: int, cfg: float, seed: int) -> dict:
-    """Text-to-image with diffusers' own pipeline over the model's components."""
-    pipe = StableDiffusionPipeline(
-        vae=sd.vae,
-        text_encoder=sd.text_encoder,
-        tokenizer=sd.tokenizer,
-        unet=sd.unet,
-        scheduler=DDIMScheduler.from_config(sd.scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    colour_ok = shape_ok = total = 0
-    for colour in COLOURS:
-        for shape in SHAPES:
-            prompt = f"a big {colour} {shape}"
-            generator = torch.Generator().manual_seed(seed)
-            images = pipe(
-                [prompt] * per_prompt,
-                num_inference_steps=steps,
-                guidance_scale=cfg,
-                height=sd.image_size,
-                width=sd.image_size,
-                generator=generator,
-                output_type="np",
-            ).images
-            for image in (images * 255).round().astype(np.uint8):
-                verdict = judge(image)
-                colour_ok += verdict.colour == colour
-                shape_ok += verdict.shape == shape
-                total += 1
-    return {"samples": total, "colour": colour_ok / total, "shape": shape_ok / total}
-
-
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -72,39 +42,83 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--cfg-scale", type=float, default=5.0)
-    parser.add_argument("--samples-per-prompt", type=int, default=8)
-    args = parser.parse_args()
+    parser.add_argument("--samples-per-prompt", type=int, default=8, help="0: skip the sampling check")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    parser.add_argument(
+        "--shard",
+        default="0/1",
+        metavar="I/N",
+        help="score only sources I, I+N, ... (run N processes of 1 thread on N cores, then --merge)",
+    )
+    parser.add_argument("--save", type=Path, help="write the scores of this run here (JSON) for --merge")
+    parser.add_argument("--merge", type=Path, nargs="+", help="report on saved runs instead of running")
+    return parser.parse_args(argv)
 
+
+def run(args: argparse.Namespace) -> dict:
+    """Sampling accuracy (shard 0 only) and the edit scores of this shard's sources."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     sd = load_stable_diffusion(args.model, device="cpu", dtype="fp32")
-    start = time.perf_counter()
-    accuracy = sampling_accuracy(sd, args.samples_per_prompt, steps=25, cfg=3.0, seed=0)
-    sampling_seconds = time.perf_counter() - start
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    accuracy = None
+    if shard == 0 and args.samples_per_prompt:
+        start = time.perf_counter()
+        accuracy = sampling_accuracy(sd, args.samples_per_prompt, steps=25, cfg=3.0, seed=0)
+        accuracy["seconds"] = time.perf_counter() - start
+        print(f"sampling accuracy: {accuracy}", file=sys.stderr, flush=True)
     params = MethodParams(
         keyframes=args.keyframes, frames=args.frames, steps=args.steps, cfg_scale=args.cfg_scale
     )
     scores = []
-    for truth in toy_sources(args.sources):
-        scores += score_source(sd, truth, args.weights, params)
-    rows = summarize(scores)
+    for i, truth in enumerate(toy_sources(args.sources)):
+        if i % shards == shard:
+            scores += score_source(sd, truth, args.weights, params)
+            print(f"source {i + 1}/{args.sources}: {truth.caption}", file=sys.stderr, flush=True)
+    return {
+        "accuracy": accuracy,
+        "scores": [dataclasses.asdict(score) for score in scores],
+        "threads": torch.get_num_threads(),
+        "args": {k: v for k, v in vars(args).items() if k not in ("save", "merge")},
+    }
+
+
+def load_scores(records: list[dict]) -> list[EditScore]:
+    return [
+        EditScore(**{**r, "source": Truth(**{**r["source"], "center": tuple(r["source"]["center"])})})
+        for r in records
+    ]
+
+
+def main() -> None:
+    args = parse_args()
+    runs = [json.loads(path.read_text()) for path in args.merge] if args.merge else [run(args)]
+    if args.save:
+        args.save.write_text(json.dumps(runs[0]))
+    accuracy = next((r["accuracy"] for r in runs if r["accuracy"]), None)
+    rows = summarize(load_scores([s for r in runs for s in r["scores"]]))
+    args = argparse.Namespace(**runs[0]["args"])  # what was run, also when merging
 
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
+    threads = " + ".join(str(r["threads"]) for r in runs)
     print(
         f"### Toy-world quality — {dt.date.today()} — {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, commit {commit}\n"
+        f"{len(runs)} process(es) of {threads} thread(s), commit {commit}\n"
     )
     print(
         f"Command: `python benchmarks/quality.py --model {args.model} --sources {args.sources} --weights "
         f"{' '.join(str(w) for w in args.weights)}` "
         f"(K={args.keyframes}, N={args.frames}, steps {args.steps}, CFG {args.cfg_scale})\n"
     )
-    print(
-        f"Samples of the model itself (DDIM 25, CFG 3, {accuracy['samples']} images, "
-        f"{sampling_seconds:.0f} s): colour right {accuracy['colour']:.1%}, "
-        f"shape right {accuracy['shape']:.1%}.\n"
-    )
+    if accuracy:
+        print(
+            f"Samples of the model itself (DDIM 25, CFG 3, {accuracy['samples']} images, "
+            f"{accuracy['seconds']:.0f} s): colour right {accuracy['colour']:.1%}, "
+            f"shape right {accuracy['shape']:.1%}.\n"
+        )
     header = [
         "xa_guidance",
         "edits",

@@ -19,7 +19,7 @@ from ..models.insertion import decode_latents
 from ..models.method import invert_source
 from ..models.text import encode_text
 from .judge import centroid, judge, mask_iou
-from .world import COLOURS, Truth, render, sample_truth
+from .world import COLOURS, SHAPES, Truth, render, sample_truth
 
 
 @dataclass
@@ -112,6 +112,48 @@ def score_source(
                 )
             )
     return scores
+
+
+def sampling_accuracy(
+    sd: StableDiffusion, per_prompt: int, steps: int = 25, cfg: float = 3.0, seed: int = 0
+) -> dict:
+    """How often the model's own samples of "a big <colour> <shape>" have that colour and shape.
+
+    Text-to-image with diffusers' own pipeline over the model's components, judged by `judge`.
+    """
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=sd.vae,
+        text_encoder=sd.text_encoder,
+        tokenizer=sd.tokenizer,
+        unet=sd.unet,
+        scheduler=DDIMScheduler.from_config(sd.scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    colour_ok = shape_ok = total = 0
+    for colour in COLOURS:
+        for shape in SHAPES:
+            prompt = f"a big {colour} {shape}"
+            generator = torch.Generator().manual_seed(seed)
+            images = pipe(
+                [prompt] * per_prompt,
+                num_inference_steps=steps,
+                guidance_scale=cfg,
+                height=sd.image_size,
+                width=sd.image_size,
+                generator=generator,
+                output_type="np",
+            ).images
+            for image in (images * 255).round().astype(np.uint8):
+                verdict = judge(image)
+                colour_ok += verdict.colour == colour
+                shape_ok += verdict.shape == shape
+                total += 1
+    return {"samples": total, "colour": colour_ok / total, "shape": shape_ok / total}
 
 
 def toy_sources(count: int, seed: int = 1234) -> list[Truth]:
