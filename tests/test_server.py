@@ -121,6 +121,8 @@ def test_scheduled_deployment_served_and_triggered(server, manifest, tiny_model_
             "0 2 * * *",
             "--name",
             "test-nightly",
+            "--chunk-rows",
+            "7",
         ],
         server,
         stdout=subprocess.DEVNULL,
@@ -140,6 +142,7 @@ def test_scheduled_deployment_served_and_triggered(server, manifest, tiny_model_
                         time.sleep(0.5)
             assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
             assert deployment.parameters["output"] == str(output)
+            assert deployment.parameters["chunk_rows"] == 7 and deployment.parameters["in_flight"] == 4
             flow_run = run_deployment("stillmotion-batch/test-nightly", timeout=300)
         assert flow_run.state.is_completed(), flow_run.state
     finally:

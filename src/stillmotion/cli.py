@@ -20,6 +20,18 @@ class UsageError(Exception):
     """A bad argument: exit status 2."""
 
 
+def _add_flow_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--in-flight", type=_positive("--in-flight"), default=4, help="rows submitted at once (4)"
+    )
+    parser.add_argument(
+        "--chunk-rows",
+        type=_positive("--chunk-rows"),
+        default=500,
+        help="rows of work per subflow (500): Prefect holds a flow run's task states until it ends",
+    )
+
+
 def _positive(name: str, minimum: int = 1):
     def parse(text: str) -> int:
         try:
@@ -167,15 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         help='fsspec options for the URLs, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'; kept out of '
         "flow parameters, logs and results",
     )
-    run.add_argument(
-        "--in-flight", type=_positive("--in-flight"), default=4, help="rows submitted at once (4)"
-    )
-    run.add_argument(
-        "--chunk-rows",
-        type=_positive("--chunk-rows"),
-        default=500,
-        help="rows of work per subflow (500): Prefect holds a flow run's task states until it ends",
-    )
+    _add_flow_options(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _add_model_options(run)
 
@@ -192,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cron", default="0 2 * * *", help='schedule, cron syntax (default "0 2 * * *")')
     serve.add_argument("--name", default="stillmotion-nightly", help="deployment name (stillmotion-nightly)")
     serve.add_argument("--storage-options", metavar="JSON", help="fsspec options for the URLs (JSON)")
+    _add_flow_options(serve)
     _add_model_options(serve)
 
     validate = commands.add_parser(
@@ -438,6 +443,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "dtype": args.dtype,
         "channels_last": args.channels_last,
         "compile_unet": args.compile_unet,
+        "in_flight": args.in_flight,
+        "chunk_rows": args.chunk_rows,
     }
     batch_flow.serve(
         name=args.name, cron=args.cron, parameters=parameters, entrypoint_type=EntrypointType.MODULE_PATH

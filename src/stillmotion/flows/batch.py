@@ -4,8 +4,8 @@
 
 Rows stream from the manifest; a row whose video is complete is skipped by a lookup (no task,
 no model load); the others get a chain source -> caption -> invert -> keyframes -> frames ->
-encode -> publish, with at most `in_flight` rows submitted at once. The manifest is taken in spans
-of `chunk_rows` rows and the work of each span runs in its own subflow: Prefect keeps every task
+encode -> publish, with at most `in_flight` rows submitted at once. The rows that need work are taken
+in spans of `chunk_rows` rows and each span runs in its own subflow: Prefect keeps every task
 run's state in its flow run until that flow run ends, so per-span subflows keep memory flat at any
 manifest size.
 """
@@ -16,6 +16,7 @@ import contextlib
 import time
 import uuid
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow
@@ -134,6 +135,59 @@ def _finish(
     )
 
 
+@dataclass
+class _Span:
+    """One span's rows of work and where their results go; lives in the batch flow's process."""
+
+    work: list
+    tracker: RunTracker
+    outputs: OutputStore
+    cache_url: str
+    force: bool
+    in_flight: int
+
+
+# Live spans by id. The chunk subflow takes the id, not the objects: Prefect serialises the flow run's
+# context (the flow included) to send tasks to Dask, and the tracker (a Parquet writer) cannot be.
+_SPANS: dict[str, _Span] = {}
+
+
+# Flow functions are pickled by value (their module names hold the flow objects), by Prefect's context
+# for Dask and by a served deployment's runner; a by-value copy gets its own copies of module globals.
+# So _SPANS is only ever touched through these functions, which pickle by reference.
+def _open_span(span: _Span) -> str:
+    key = uuid.uuid4().hex
+    _SPANS[key] = span
+    return key
+
+
+def _span(key: str) -> _Span:
+    return _SPANS[key]
+
+
+def _close_span(key: str) -> None:
+    del _SPANS[key]
+
+
+@flow(
+    name="stillmotion-chunk",
+    flow_run_name="rows-{first_row}",
+    validate_parameters=False,
+    log_prints=True,
+)
+def chunk_flow(span: str, first_row: int, rows: int) -> None:
+    """Run one span's rows of work (rows first_row.. of the manifest, `rows` of them) in a subflow of
+    the batch flow, on a fresh copy of the batch flow's task runner."""
+    s = _span(span)
+    stages, runner, pending = _stages(s.cache_url, s.force), FlowRunContext.get().task_runner, deque()
+    for row, job in s.work:
+        pending.append((row, submit_row(stages, job, runner), time.monotonic()))
+        while len(pending) >= s.in_flight:
+            _finish(s.tracker, s.outputs, *pending.popleft())
+    while pending:
+        _finish(s.tracker, s.outputs, *pending.popleft())
+
+
 @flow(name="stillmotion-batch", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
 def batch_flow(
     manifest: str,
@@ -170,28 +224,22 @@ def batch_flow(
     #    run `chunk_rows` rows of work at a time, each span's work in a subflow. A span also closes
     #    once it reaches SPAN_REACH x chunk_rows manifest rows past its first job, so that rows
     #    finished meanwhile (kept in order by the tracker until that job is done) stay bounded.
-    def run_chunk(first_row: int, rows: int) -> None:
-        stages, runner, pending = _stages(cache_url, force), FlowRunContext.get().task_runner, deque()
-        for row, job in work:
-            pending.append((row, submit_row(stages, job, runner), time.monotonic()))
-            while len(pending) >= max(1, in_flight):
-                _finish(tracker, outputs, *pending.popleft())
-        while pending:
-            _finish(tracker, outputs, *pending.popleft())
+    def run_span(work: list) -> None:
+        span = _open_span(_Span(work, tracker, outputs, cache_url, force, in_flight))
+        try:
+            # the batch flow's configured runner, not the started one of its run (which cannot be
+            # serialised); Prefect runs each subflow on a fresh duplicate of it
+            chunk_flow.with_options(task_runner=FlowRunContext.get().flow.task_runner)(
+                span=span, first_row=work[0][0].index, rows=len(work)
+            )
+        finally:
+            _close_span(span)
 
-    chunk_flow = flow(
-        run_chunk,
-        name="stillmotion-chunk",
-        flow_run_name="rows-{first_row}",
-        task_runner=FlowRunContext.get().task_runner,  # duplicated per subflow: a fresh runner
-        validate_parameters=False,
-        log_prints=True,
-    )
     work: list = []
     info = None  # the model is resolved (not loaded) only when some row needs work
     for row in iter_manifest(manifest, limit=limit):
         if work and (len(work) >= chunk_rows or row.index - work[0][0].index >= SPAN_REACH * chunk_rows):
-            chunk_flow(first_row=work[0][0].index, rows=len(work))
+            run_span(work)
             work = []
         if row.error is not None:
             tracker.add(
@@ -232,7 +280,7 @@ def batch_flow(
         )
         work.append((row, job))
     if work:
-        chunk_flow(first_row=work[0][0].index, rows=len(work))
+        run_span(work)
 
     # 3. results.parquet and the summary
     return tracker.close()
