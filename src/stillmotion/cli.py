@@ -393,6 +393,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     # set before a local Dask cluster starts, so its worker processes inherit it
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the embedded server's first start on a fresh PREFECT_HOME (migrations) took 40 s on a busy
+    # 2-core machine, past Prefect's default wait
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     with contextlib.ExitStack() as stack:
         return _run(args, _task_runner(args, stack))
 
