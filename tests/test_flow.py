@@ -1,6 +1,7 @@
 """The batch flow on the tiny model: results, failures, publishing, caching and resume."""
 
 import json
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -292,6 +293,30 @@ def test_memory_filesystem_output_and_cache(tiny_model_dir, inputs, tmp_path):
     fs.rm("/flow-test/out/a", recursive=True)
     assert batch_flow(manifest, output, cache=cache, model=str(tiny_model_dir))["done"] == 1
     assert COMPUTED == before  # resumed from the memory:// cache
+
+
+def test_remote_result_storage_is_configured_once_per_run(tiny_model_dir, tmp_path, monkeypatch):
+    from prefect.filesystems import RemoteFileSystem
+
+    saves = []
+    save = RemoteFileSystem.save
+
+    def counted(self, *args, **kwargs):
+        saves.append(self.basepath)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(RemoteFileSystem, "save", counted)
+    rows = [{"video_id": f"r{i}", "source_prompt": "a red car", "prompts": ["a blue car"]} for i in range(3)]
+    manifest = write_manifest(tmp_path / "manifest.parquet", rows)
+    output, cache = str(tmp_path / "out"), f"memory://once-{uuid.uuid4().hex}/cache"
+    state = batch_flow(
+        manifest, output, cache=cache, model=str(tiny_model_dir), chunk_rows=1, return_state=True
+    )
+    assert state.result()["done"] == 3 and len(chunk_runs(state)) == 3
+    assert saves == [f"{cache}/prefect"]  # one block for the run, not one per span
+    # a rerun with every video complete submits no task, so it configures no result storage at all
+    assert batch_flow(manifest, output, cache=cache, model=str(tiny_model_dir), chunk_rows=1)["cached"] == 3
+    assert saves == [f"{cache}/prefect"]
 
 
 def test_missing_artifact_is_recomputed_despite_prefect_record(tiny_model_dir, inputs, tmp_path):

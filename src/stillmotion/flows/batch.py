@@ -142,8 +142,7 @@ class _Span:
     work: list
     tracker: RunTracker
     outputs: OutputStore
-    cache_url: str
-    force: bool
+    stages: dict
     in_flight: int
 
 
@@ -179,9 +178,9 @@ def chunk_flow(span: str, first_row: int, rows: int) -> None:
     """Run one span's rows of work (rows first_row.. of the manifest, `rows` of them) in a subflow of
     the batch flow, on a fresh copy of the batch flow's task runner."""
     s = _span(span)
-    stages, runner, pending = _stages(s.cache_url, s.force), FlowRunContext.get().task_runner, deque()
+    runner, pending = FlowRunContext.get().task_runner, deque()
     for row, job in s.work:
-        pending.append((row, submit_row(stages, job, runner), time.monotonic()))
+        pending.append((row, submit_row(s.stages, job, runner), time.monotonic()))
         while len(pending) >= s.in_flight:
             _finish(s.tracker, s.outputs, *pending.popleft())
     while pending:
@@ -225,7 +224,7 @@ def batch_flow(
     #    once it reaches SPAN_REACH x chunk_rows manifest rows past its first job, so that rows
     #    finished meanwhile (kept in order by the tracker until that job is done) stay bounded.
     def run_span(work: list) -> None:
-        span = _open_span(_Span(work, tracker, outputs, cache_url, force, in_flight))
+        span = _open_span(_Span(work, tracker, outputs, stages, in_flight))
         try:
             # the batch flow's configured runner, not the started one of its run (which cannot be
             # serialised); Prefect runs each subflow on a fresh duplicate of it
@@ -236,7 +235,7 @@ def batch_flow(
             _close_span(span)
 
     work: list = []
-    info = None  # the model is resolved (not loaded) only when some row needs work
+    info = stages = None  # model resolved (not loaded) and tasks configured only when some row needs work
     for row in iter_manifest(manifest, limit=limit):
         if work and (len(work) >= chunk_rows or row.index - work[0][0].index >= SPAN_REACH * chunk_rows):
             run_span(work)
@@ -262,7 +261,7 @@ def batch_flow(
             )
             continue
         if info is None:
-            info = inspect_model(model)
+            info, stages = inspect_model(model), _stages(cache_url, force)
         job = Job(
             video_id=row.video_id,
             request=row.request,
