@@ -71,15 +71,19 @@ class Result:
     tflops: float = 0.0  # forward_equivalents x FLOPs per forward / seconds
 
 
-def write_sd14(folder: Path) -> None:
-    """SD1.4's UNet, VAE and CLIP text encoder from the packaged configs with random weights (fixed seeds)."""
+def write_sd14(folder: Path, image_size: int = 512) -> None:
+    """SD1.4's UNet, VAE and CLIP text encoder from the packaged configs with random weights (fixed seeds).
+
+    `image_size` other than 512 changes only the UNet's sample size (same layers, same widths).
+    """
     configs = files("stillmotion") / "configs" / "sd14"
 
     def config(part: str, name: str = "config.json") -> dict:
         return json.loads((configs / part / name).read_text())
 
     torch.manual_seed(0)
-    UNet2DConditionModel.from_config(config("unet")).save_pretrained(folder / "unet", safe_serialization=True)
+    unet = config("unet") | {"sample_size": image_size // 8}
+    UNet2DConditionModel.from_config(unet).save_pretrained(folder / "unet", safe_serialization=True)
     torch.manual_seed(1)
     AutoencoderKL.from_config(config("vae")).save_pretrained(folder / "vae", safe_serialization=True)
     torch.manual_seed(2)
@@ -266,6 +270,13 @@ def parse_args() -> argparse.Namespace:
     )
     add = parser.add_argument
     add("--size", choices=["tiny", "sd14"], default="tiny", help="tiny (64 px) or sd14 (512 px)")
+    add(
+        "--image-size",
+        type=int,
+        default=512,
+        help="sd14 only: image side in px, a multiple of 64 (default 512, the benchmark's size; a smaller "
+        "side is a smoke test of the full architecture on a CPU, not a figure for the goals)",
+    )
     add("--keyframes", type=int, default=6, help="key frames K per video")
     add("--steps", type=int, default=50, help="DDIM steps of inversion and editing")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -275,7 +286,12 @@ def parse_args() -> argparse.Namespace:
     add("--threads", type=int, help="CPU threads for torch (default: torch's; 1 on a shared machine)")
     add("--peak-tflops", type=float, help="the device's peak (default: measure a matmul)")
     add("--json", type=Path, help="also write the numbers to this JSON file")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.image_size % 64 or args.image_size <= 0:
+        parser.error(f"--image-size must be a positive multiple of 64, got {args.image_size}")
+    if args.size == "tiny" and args.image_size != 512:
+        parser.error("--image-size applies to --size sd14 only (the tiny model is 64 px)")
+    return args
 
 
 def main() -> None:
@@ -296,7 +312,7 @@ def main() -> None:
         if args.size == "tiny":
             make_tiny_model(folder)  # 64 px images, 8x8 latents
         else:
-            write_sd14(Path(folder))  # 512 px images, 64x64 latents
+            write_sd14(Path(folder), args.image_size)  # 512 px images, 64x64 latents by default
         sd = load_stable_diffusion(folder, args.device, args.dtype)
         dtype = str(sd.dtype).removeprefix("torch.")
         image = source_image(sd.image_size)
