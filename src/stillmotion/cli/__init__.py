@@ -1,0 +1,65 @@
+"""The `stillmotion` command: generate, run, serve, validate, make-tiny-model, train-toy (DESIGN section 3).
+
+Exit statuses: 0 success; 1 the command could not do its job; 2 usage error; `run` exits 3
+when it finished but some rows failed. Errors a user can fix print one line, no traceback.
+`parser.py` holds the arguments, `commands.py` what each command does.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .commands import (
+    _quiet_libraries,
+    cmd_generate,
+    cmd_make_tiny_model,
+    cmd_run,
+    cmd_serve,
+    cmd_train_toy,
+    cmd_validate,
+)
+from .parser import EXIT_FAILED, EXIT_USAGE, UsageError, build_parser
+
+COMMANDS = {
+    "generate": cmd_generate,
+    "run": cmd_run,
+    "serve": cmd_serve,
+    "validate": cmd_validate,
+    "make-tiny-model": cmd_make_tiny_model,
+    "train-toy": cmd_train_toy,
+}
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the user can fix this": one line, no traceback."""
+    from ..flows.batch import RunError
+    from ..manifests import ManifestError
+    from ..models import ImageError, ModelNotAvailable
+    from ..video import EncodeError
+
+    return (
+        ImageError,
+        ModelNotAvailable,
+        EncodeError,
+        ManifestError,
+        RunError,
+        FileNotFoundError,
+        PermissionError,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as error:
+        print(f"stillmotion {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("stillmotion: interrupted", file=sys.stderr)
+        return 130
+    except user_errors() as error:
+        print(f"stillmotion {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,260 @@
+"""What each command does, given its parsed arguments; heavy imports happen inside, at call time."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from .parser import EXIT_OK, EXIT_ROWS_FAILED, UsageError
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+
+
+class StageProgress:
+    """One tqdm bar per stage, on stderr."""
+
+    def __init__(self) -> None:
+        self.stage: str | None = None
+        self.bar = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.stage, self.bar = stage, tqdm(total=total, desc=f"{stage:>9}", unit="step", leave=True)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from ..models import MethodParams, load_stable_diffusion
+    from ..single import VideoRequest, generate_video
+    from ..storage import OutputStore
+
+    try:
+        params = MethodParams(
+            keyframes=args.keyframes,
+            frames=args.frames,
+            fps=args.fps,
+            seed=args.seed,
+            steps=args.steps,
+            curve=args.curve,
+            xa_guidance=args.xa_guidance,
+            cfg_scale=args.cfg_scale,
+            batch_size=args.batch_size,
+        )
+        request = VideoRequest(
+            video_id=Path(args.out).name or "video",
+            prompts=tuple(args.prompt),
+            params=params,
+            image=args.image,
+            source_prompt=args.source_prompt,
+            caption=args.caption,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if args.image is not None:  # fail on a bad input before loading any model
+        from ..models import fit_image, open_image
+        from ..single import read_bytes
+
+        fit_image(open_image(read_bytes(args.image)), 8)
+    sd = load_stable_diffusion(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        channels_last=args.channels_last,
+        compile_unet=args.compile_unet,
+    )
+    progress = StageProgress()
+    try:
+        files, metadata = generate_video(sd, request, progress)
+    finally:
+        progress.close()
+    out = Path(args.out).resolve()
+    OutputStore(str(out), {}).write_folder("", files, metadata)
+    print(f"wrote {metadata['frame_count']} frames at {metadata['fps']} fps: {out / 'video.mp4'}")
+    print(f"caption: {metadata['caption']}")
+    return EXIT_OK
+
+
+def _storage_options(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--storage-options is not valid JSON: {error.msg}") from None
+    if not isinstance(options, dict):
+        raise UsageError("--storage-options must be a JSON object")
+    return options
+
+
+def _configure_storage(options_json: str | None, *urls: str | None) -> None:
+    """--storage-options apply to the protocol of every remote URL given; set in the environment too,
+    so worker processes inherit them (never as flow parameters, which Prefect's UI shows)."""
+    from ..storage import STORAGE_OPTIONS_ENV, configure_storage, protocol_of
+
+    options = _storage_options(options_json)
+    if not options:
+        return
+    protocols = {protocol_of(url) for url in urls if url} - {"file"}
+    by_protocol = {protocol: options for protocol in protocols}
+    os.environ[STORAGE_OPTIONS_ENV] = json.dumps(by_protocol)
+    configure_storage(by_protocol)
+
+
+def _require_server(what: str) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise UsageError(
+            f"{what} needs a real Prefect server: start one with `prefect server start --host 127.0.0.1 "
+            "--port 4200` and `export PREFECT_API_URL=http://127.0.0.1:4200/api`"
+        )
+
+
+def _task_runner(args: argparse.Namespace, stack: contextlib.ExitStack):
+    """None for the flow's own thread runner, else a DaskTaskRunner (one "GPU" slot per worker).
+
+    A local cluster is started here, for the whole run, and joined by address: every chunk subflow
+    gets a copy of the runner, and a copy made from cluster settings would start a new cluster.
+    """
+    if args.runner == "local":
+        if args.dask_address or args.dask_workers:
+            raise UsageError("--dask-address and --dask-workers need --runner dask")
+        return None
+    _require_server("--runner dask")
+    from prefect_dask import DaskTaskRunner
+
+    if args.dask_address:
+        return DaskTaskRunner(address=args.dask_address)
+    import torch
+
+    workers = args.dask_workers or torch.cuda.device_count() or 2
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=workers, threads_per_worker=2, resources={"GPU": 1}, dashboard_address=None
+    )
+    stack.enter_context(cluster)
+    return DaskTaskRunner(address=cluster.scheduler_address)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _configure_storage(args.storage_options, args.manifest, args.output, args.cache)
+    # row failures are reported in results.parquet and .logs/, not as tracebacks on the terminal;
+    # set before a local Dask cluster starts, so its worker processes inherit it
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the embedded server's first start on a fresh PREFECT_HOME (migrations) took 40 s on a busy
+    # 2-core machine, past Prefect's default wait
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    with contextlib.ExitStack() as stack:
+        return _run(args, _task_runner(args, stack))
+
+
+def _run(args: argparse.Namespace, runner) -> int:
+    from ..flows import batch_flow
+
+    flow = batch_flow if runner is None else batch_flow.with_options(task_runner=runner)
+    summary = flow(
+        manifest=args.manifest,
+        output=args.output,
+        cache=args.cache,
+        model=args.model,
+        limit=args.limit,
+        force=args.force,
+        device=args.device,
+        dtype=args.dtype,
+        in_flight=args.in_flight,
+        show_progress=not args.no_progress,
+        channels_last=args.channels_last,
+        compile_unet=args.compile_unet,
+        chunk_rows=args.chunk_rows,
+    )
+    print(
+        f"{summary['rows']} rows: {summary['done']} made, {summary['cached']} already complete, "
+        f"{summary['failed']} failed in {summary['seconds']} s; "
+        f"results: {args.output.rstrip('/')}/results.parquet"
+    )
+    if summary["failed"]:
+        print(f"failed rows: see results.parquet and {args.output.rstrip('/')}/.logs/", file=sys.stderr)
+        return EXIT_ROWS_FAILED
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _configure_storage(args.storage_options, args.manifest, args.output, args.cache)
+    _require_server("serve")
+    from prefect.types.entrypoint import EntrypointType
+
+    from ..flows import batch_flow
+
+    parameters = {
+        "manifest": args.manifest,
+        "output": args.output,
+        "cache": args.cache,
+        "model": args.model,
+        "device": args.device,
+        "dtype": args.dtype,
+        "channels_last": args.channels_last,
+        "compile_unet": args.compile_unet,
+        "in_flight": args.in_flight,
+        "chunk_rows": args.chunk_rows,
+    }
+    batch_flow.serve(
+        name=args.name, cron=args.cron, parameters=parameters, entrypoint_type=EntrypointType.MODULE_PATH
+    )
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ..manifests import print_validation
+
+    _configure_storage(args.storage_options, args.manifest)
+    return print_validation(args.manifest)
+
+
+def cmd_train_toy(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..toyworld.train import train_toy_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    train_toy_model(
+        args.dir,
+        args.vae_steps,
+        args.unet_steps,
+        args.seed,
+        args.images,
+        log=lambda line: print(line, flush=True),
+        vae_minutes=args.max_minutes,
+        unet_minutes=args.max_minutes,
+    )
+    return EXIT_OK
+
+
+def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from ..models.tiny import make_tiny_model
+
+    path = make_tiny_model(args.dir, seed=args.seed)
+    print(f"wrote a tiny random model to {path} (use it with --model {path})")
+    return EXIT_OK
