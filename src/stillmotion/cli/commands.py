@@ -158,6 +158,12 @@ def _task_runner(args: argparse.Namespace, stack: contextlib.ExitStack):
     return DaskTaskRunner(address=cluster.scheduler_address)
 
 
+def _flow_parameters(args: argparse.Namespace) -> dict:
+    """The batch flow's parameters that `run` and `serve` share (`run` adds limit, force, progress)."""
+    names = "manifest output cache model device dtype channels_last compile_unet in_flight chunk_rows"
+    return {name: getattr(args, name) for name in names.split()}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _configure_storage(args.storage_options, args.manifest, args.output, args.cache)
     # row failures are reported in results.parquet and .logs/, not as tracebacks on the terminal;
@@ -176,19 +182,7 @@ def _run(args: argparse.Namespace, runner) -> int:
 
     flow = batch_flow if runner is None else batch_flow.with_options(task_runner=runner)
     summary = flow(
-        manifest=args.manifest,
-        output=args.output,
-        cache=args.cache,
-        model=args.model,
-        limit=args.limit,
-        force=args.force,
-        device=args.device,
-        dtype=args.dtype,
-        in_flight=args.in_flight,
-        show_progress=not args.no_progress,
-        channels_last=args.channels_last,
-        compile_unet=args.compile_unet,
-        chunk_rows=args.chunk_rows,
+        **_flow_parameters(args), limit=args.limit, force=args.force, show_progress=not args.no_progress
     )
     print(
         f"{summary['rows']} rows: {summary['done']} made, {summary['cached']} already complete, "
@@ -208,20 +202,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ..flows import batch_flow
 
-    parameters = {
-        "manifest": args.manifest,
-        "output": args.output,
-        "cache": args.cache,
-        "model": args.model,
-        "device": args.device,
-        "dtype": args.dtype,
-        "channels_last": args.channels_last,
-        "compile_unet": args.compile_unet,
-        "in_flight": args.in_flight,
-        "chunk_rows": args.chunk_rows,
-    }
     batch_flow.serve(
-        name=args.name, cron=args.cron, parameters=parameters, entrypoint_type=EntrypointType.MODULE_PATH
+        name=args.name,
+        cron=args.cron,
+        parameters=_flow_parameters(args),
+        entrypoint_type=EntrypointType.MODULE_PATH,
     )
     return EXIT_OK
 
