@@ -131,7 +131,7 @@ def test_good_rows_succeed_and_bad_rows_fail_alone(tiny_model_dir, inputs, tmp_p
     assert "empty" in table[3]["error"]
     assert "decode" in table[4]["error"]
     assert table[5]["error"] == "video_id: duplicate of row 0"
-    assert table[6]["error"].startswith("video_id:") and table[6]["video_id"] is None
+    assert table[6]["error"].startswith("video_id:") and table[6]["video_id"] == "../escape"
     assert table[7]["error"].startswith("prompts:")
     assert table[8]["error"].startswith("frames:")
     # failures in tasks leave a full traceback in .logs/, first line = the reason in results

@@ -102,3 +102,48 @@ def test_inversion_matches_pix2pix_zero_invert(sd):
     ]
     torch.testing.assert_close(again[0], again[1], atol=0, rtol=0)
     assert (again[0] - ours).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("guidance", [0.0, 10.0])
+def test_cfg_scale_one_is_pix2pix_zeros_one_copy_path(sd, guidance):
+    """At CFG scale 1 pix2pix-zero runs one conditional copy and guides it by that copy's maps.
+
+    diffusers' port adds the edit to batch row 1, which does not exist without CFG, so it denoises
+    the caption itself: ours with an edit direction of zero (target = caption) must equal it.
+    """
+    steps, caption = 8, "a photo of a cat"
+    x_t = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(5))
+    embeds, _ = encode_text(sd.tokenizer, sd.text_encoder, [caption, "a photo of a dog"])
+    source_embeds, target_embeds = embeds[:1], embeds[1:]
+    ours_source, ours = guided_keyframes(
+        sd.unet,
+        sd.scheduler_config,
+        x_t,
+        source_embeds,
+        source_embeds,
+        keyframe_embeddings(source_embeds, source_embeds, keyframes=1),
+        steps=steps,
+        cfg_scale=1.0,
+        xa_guidance=guidance,
+    )
+    with pix2pix_zero_pipeline(sd) as pipe:
+        theirs = pipe(
+            prompt=caption,
+            source_embeds=source_embeds,
+            target_embeds=target_embeds,
+            num_inference_steps=steps,
+            guidance_scale=1.0,
+            cross_attention_guidance_amount=guidance,
+            latents=x_t.clone(),
+            output_type="latent",
+        ).images
+    torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=0)
+    if guidance == 0:  # no edit and no guidance: the key frame is the reference pass itself
+        torch.testing.assert_close(ours, ours_source, atol=ATOL, rtol=0)
+
+
+def test_cfg_scale_below_one_is_refused():
+    for scale in (0.0, 0.5, float("inf")):
+        with pytest.raises(ValueError, match="cfg_scale must be a finite number >= 1"):
+            MethodParams(cfg_scale=scale)
+    assert MethodParams(cfg_scale=1.0).cfg_scale == 1.0

@@ -3,4 +3,4 @@
 __version__ = "0.1.0"
 
 # Bump when the numbers an algorithm produces change: it is part of every artifact's cache key.
-ALGORITHM_VERSION = "sm-1"
+ALGORITHM_VERSION = "sm-2"

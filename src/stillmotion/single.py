@@ -44,8 +44,13 @@ class VideoRequest:
     def __post_init__(self) -> None:
         if (self.image is None) == (self.source_prompt is None):
             raise ValueError("give exactly one of an image or a source prompt")
-        if not self.prompts or any(not p.strip() for p in self.prompts):
-            raise ValueError("the prompt schedule needs at least one non-blank prompt")
+        if not self.prompts:
+            raise ValueError("the prompt schedule needs at least one prompt")
+        for number, prompt in enumerate(self.prompts, 1):
+            if not prompt.strip():
+                raise ValueError(f"prompt {number} of the schedule is blank")
+        if self.caption is not None and self.synthetic:
+            raise ValueError("--caption is for an image (real mode): a source prompt is its own caption")
 
     @property
     def synthetic(self) -> bool:
@@ -65,9 +70,9 @@ def read_bytes(url: str, storage_options: dict | None = None) -> bytes:
         raise ImageError(f"image not readable (permission denied): {url}") from None
 
 
-def load_source(data: bytes, size: int) -> tuple[PIL.Image.Image, dict]:
-    """Decode and fit image bytes; the fit is returned as a metadata dict."""
-    image, fit = fit_image(open_image(data), size)
+def load_source(data: bytes, size: int, name: str | None = None) -> tuple[PIL.Image.Image, dict]:
+    """Decode and fit image bytes (`name`, their path, for errors); the fit is returned as a dict."""
+    image, fit = fit_image(open_image(data, name), size)
     return image, fit.to_dict()
 
 
@@ -93,7 +98,7 @@ def generate_video(
     else:
         data = read_bytes(request.image)
         inputs["image_sha256"] = sha256(data)
-        image, fit = load_source(data, sd.image_size)
+        image, fit = load_source(data, sd.image_size, request.image)
         timings["load_image"] = time.perf_counter() - start
         if request.caption:
             caption, caption_source = request.caption, "user"

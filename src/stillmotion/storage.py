@@ -10,9 +10,11 @@ Tensors are stored as safetensors, images as PNG, the rest as JSON: nothing is u
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import uuid
 
 import fsspec
@@ -25,6 +27,10 @@ from . import ALGORITHM_VERSION
 from .outputs import METADATA, metadata_bytes
 
 STORAGE_OPTIONS_ENV = "STILLMOTION_STORAGE_OPTIONS"
+
+
+class OutputError(ValueError):
+    """An output location that cannot take a video (a file, or a folder of something else)."""
 
 
 def protocol_of(url: str) -> str:
@@ -58,7 +64,8 @@ class Store:
     """Every path relative to one root URL on one fsspec filesystem."""
 
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
-        self.url = url.rstrip("/")
+        # a local path is made absolute, so URLs written to results mean the same from any folder
+        self.url = os.path.abspath(url) if "://" not in url and "::" not in url else url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
         self.root = self.root.rstrip("/")
         self.local = "file" in _protocols(self.fs)
@@ -93,6 +100,20 @@ class Store:
 
     def write_json(self, relative: str, value) -> None:
         self.write_bytes(relative, json.dumps(value, indent=2, ensure_ascii=False, default=str).encode())
+
+
+def replace_folder(staged: str, final: str) -> None:
+    """Move a complete local folder into place; an existing one is swapped out first, then removed.
+
+    At every moment `final` is either the old folder or the new one, never a mix of both.
+    """
+    if not os.path.lexists(final):
+        os.replace(staged, final)
+        return
+    retired = f"{staged}.old"
+    os.replace(final, retired)
+    os.replace(staged, final)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def _protocols(fs) -> tuple:
@@ -133,17 +154,25 @@ class OutputStore(Store):
     def is_complete(self, video_id: str) -> bool:
         return self.exists(f"{video_id}/{METADATA}")
 
+    def complete_ids(self) -> set[str]:
+        """The ids of every complete video, from one listing."""
+        return {path.rsplit("/", 2)[-2] for path in self.fs.glob(self.path(f"*/{METADATA}"))}
+
     def publish(self, video_id: str, files: dict[str, bytes], metadata: dict) -> None:
-        """Write a video's files, metadata.json last; on local disk stage and rename into place."""
+        """Write a video's files, metadata.json last; on local disk stage and rename into place.
+
+        A video's staging folders live under `.staging/{video_id}/`, a folder of that id alone
+        (ids hold no `/`), so clearing what a killed run left never touches another video's.
+        """
         if self.local:
-            for stale in self.fs.glob(self.path(f".staging/{video_id}-*")):  # left by a killed run
+            staging_root = self.path(f".staging/{video_id}")
+            for stale in self.fs.glob(f"{staging_root}/*"):  # left by a killed run
                 self.fs.rm(stale, recursive=True)
-            staging = f".staging/{video_id}-{uuid.uuid4().hex[:8]}"
+            staging = f".staging/{video_id}/{uuid.uuid4().hex[:8]}"
             self.write_folder(staging, files, metadata)
-            final = self.path(video_id)
-            if self.fs.exists(final):  # an earlier incomplete or --force'd version
-                self.fs.rm(final, recursive=True)
-            os.replace(self.path(staging), final)
+            replace_folder(self.path(staging), self.path(video_id))
+            with contextlib.suppress(OSError):  # another publish of this id may be staging
+                os.rmdir(staging_root)
         else:
             self.write_folder(video_id, files, metadata)
 
@@ -170,3 +199,29 @@ class OutputStore(Store):
             return self.read_bytes(f".logs/{video_id}.txt").decode(errors="replace").split("\n", 1)[0]
         except FileNotFoundError:
             return None
+
+
+def check_video_folder(path: str) -> None:
+    """Refuse an `--out` that is a file, or a non-empty folder that is not a video of ours."""
+    if os.path.isdir(path):
+        if os.listdir(path) and not os.path.exists(os.path.join(path, METADATA)):
+            raise OutputError(
+                f"--out {path} is a folder that is not a stillmotion video (no {METADATA}): "
+                "choose a new or empty folder"
+            )
+    elif os.path.lexists(path):
+        raise OutputError(f"--out {path} exists and is not a folder")
+
+
+def publish_video_folder(path: str, files: dict[str, bytes], metadata: dict) -> None:
+    """Write one video's folder whole (generate's --out): staged beside it, then swapped into place,
+    so files of an earlier video there never survive next to the new ones."""
+    check_video_folder(path)
+    parent, name = os.path.split(os.path.abspath(path))
+    store = OutputStore(parent)
+    staging = f".{name}.staging-{uuid.uuid4().hex[:8]}"
+    try:
+        store.write_folder(staging, files, metadata)
+        replace_folder(store.path(staging), store.path(name))
+    finally:
+        shutil.rmtree(store.path(staging), ignore_errors=True)

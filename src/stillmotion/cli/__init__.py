@@ -34,12 +34,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the user can fix this": one line, no traceback."""
     from ..flows.batch import RunError
     from ..manifests import ManifestError
-    from ..models import ImageError, ModelNotAvailable
+    from ..models import DeviceNotAvailable, ImageError, ModelNotAvailable
+    from ..storage import OutputError
     from ..video import EncodeError
 
     return (
         ImageError,
         ModelNotAvailable,
+        DeviceNotAvailable,
+        OutputError,
         EncodeError,
         ManifestError,
         RunError,

@@ -45,9 +45,9 @@ class StageProgress:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..models import MethodParams, load_stable_diffusion
+    from ..models import MethodParams, load_stable_diffusion, resolve_device
     from ..single import VideoRequest, generate_video
-    from ..storage import OutputStore
+    from ..storage import check_video_folder, publish_video_folder
 
     try:
         params = MethodParams(
@@ -71,11 +71,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
-    if args.image is not None:  # fail on a bad input before loading any model
+    # fail on a bad output, device or input before loading any model
+    check_video_folder(args.out)
+    resolve_device(args.device)
+    if args.image is not None:
         from ..models import fit_image, open_image
         from ..single import read_bytes
 
-        fit_image(open_image(read_bytes(args.image)), 8)
+        fit_image(open_image(read_bytes(args.image), args.image), 8)
     sd = load_stable_diffusion(
         args.model,
         device=args.device,
@@ -89,7 +92,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     out = Path(args.out).resolve()
-    OutputStore(str(out), {}).write_folder("", files, metadata)
+    publish_video_folder(str(out), files, metadata)
     print(f"wrote {metadata['frame_count']} frames at {metadata['fps']} fps: {out / 'video.mp4'}")
     print(f"caption: {metadata['caption']}")
     return EXIT_OK

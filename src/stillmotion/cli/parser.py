@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .. import ALGORITHM_VERSION, __version__
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ROWS_FAILED = 0, 1, 2, 3
 
 
@@ -60,7 +62,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         help="hub id or local folder of a Stable Diffusion model in diffusers layout, safetensors only "
         "(default: $STILLMOTION_MODEL or CompVis/stable-diffusion-v1-4)",
     )
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N or mps")
     parser.add_argument(
         "--channels-last", action="store_true", help="channels-last memory format for UNet and VAE (GPUs)"
     )
@@ -82,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stillmotion",
         description="Training-free video generation from a single image (or prompt) with Stable Diffusion.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"stillmotion {__version__} (algorithm {ALGORITHM_VERSION})"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -123,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="cross-attention guidance step (0.1 real, 0.15 synthetic)",
     )
     gen.add_argument(
-        "--cfg-scale", type=_non_negative_float, default=5.0, help="classifier-free guidance (5.0)"
+        "--cfg-scale",
+        type=_non_negative_float,
+        default=5.0,
+        help="classifier-free guidance scale, >= 1 (5.0; 1 turns it off, as in pix2pix-zero)",
     )
     gen.add_argument(
         "--batch-size", type=_positive("--batch-size"), default=8, help="key frames per UNet batch (8)"

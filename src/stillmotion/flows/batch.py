@@ -13,19 +13,23 @@ manifest size.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from prefect import flow
 from prefect.context import FlowRunContext
+from prefect.exceptions import ExternalSignal
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from ..manifests import iter_manifest, manifest_summary
-from ..models.loading import inspect_model
+from ..manifests.schema import RESULTS_FILE
+from ..models.loading import inspect_model, resolve_device
 from ..storage import OutputStore, configure_storage
 from ..tasks import (
     Job,
@@ -74,9 +78,13 @@ def _result_storage(url: str):
     return RemoteFileSystem.load(name)
 
 
+def _is_dask(runner) -> bool:
+    return type(runner).__name__ == "DaskTaskRunner"
+
+
 def gpu_slot(runner) -> contextlib.AbstractContextManager:
     """Under Dask, model stages take a worker's one "GPU" resource, so no worker runs two at once."""
-    if type(runner).__name__ != "DaskTaskRunner":
+    if not _is_dask(runner):
         return contextlib.nullcontext()
     import dask
 
@@ -217,6 +225,7 @@ def batch_flow(
         raise RunError(f"cannot write to output {output}: {error}") from None
     rows, extra_fields = manifest_summary(manifest)
     total = rows if limit is None else min(rows, limit)
+    previous_seconds = _previous_seconds(outputs)
     tracker = RunTracker(outputs, total, extra_fields, show_progress=show_progress)
 
     # 2. stream rows: failed and complete rows are recorded at once, the rest become task chains,
@@ -234,52 +243,104 @@ def batch_flow(
         finally:
             _close_span(span)
 
+    def add_complete(row) -> None:
+        tracker.add(
+            row.index,
+            row.video_id,
+            row.extra,
+            status="ok",
+            cached=True,
+            video=outputs.url_of(f"{row.video_id}/video.mp4"),
+            metadata=outputs.url_of(f"{row.video_id}/metadata.json"),
+            seconds=previous_seconds.get(row.video_id),
+            counted=row.index < total,
+        )
+
     work: list = []
     info = stages = None  # model resolved (not loaded) and tasks configured only when some row needs work
-    for row in iter_manifest(manifest, limit=limit):
-        if work and (len(work) >= chunk_rows or row.index - work[0][0].index >= SPAN_REACH * chunk_rows):
+    rows_read = iter_manifest(manifest)
+    try:
+        for row in rows_read:
+            if row.index >= total:
+                rows_read = itertools.chain([row], rows_read)  # the first row past --limit, put back
+                break
+            if work and (len(work) >= chunk_rows or row.index - work[0][0].index >= SPAN_REACH * chunk_rows):
+                run_span(work)
+                work = []
+            if row.error is not None:
+                tracker.add(
+                    row.index,
+                    row.error.video_id,  # as given, even when unsafe as a folder name: data, not a path
+                    row.extra,
+                    status="failed",
+                    error=f"{row.error.column}: {row.error.reason}",
+                )
+                continue
+            if not force and outputs.is_complete(row.video_id):
+                add_complete(row)
+                continue
+            if info is None:
+                info, stages = inspect_model(model), _stages(cache_url, force)
+                if not _is_dask(FlowRunContext.get().flow.task_runner):
+                    resolve_device(device)  # a missing GPU stops the run at once, as a missing model does
+            job = _job(row, info, outputs, cache_url, device, dtype, force, channels_last, compile_unet)
+            work.append((row, job))
+        if work:
             run_span(work)
             work = []
-        if row.error is not None:
-            tracker.add(
-                row.index,
-                row.video_id,
-                row.extra,
-                status="failed",
-                error=f"{row.error.column}: {row.error.reason}",
-            )
-            continue
-        if not force and outputs.is_complete(row.video_id):
-            tracker.add(
-                row.index,
-                row.video_id,
-                row.extra,
-                status="ok",
-                cached=True,
-                video=outputs.url_of(f"{row.video_id}/video.mp4"),
-                metadata=outputs.url_of(f"{row.video_id}/metadata.json"),
-            )
-            continue
-        if info is None:
-            info, stages = inspect_model(model), _stages(cache_url, force)
-        job = Job(
-            video_id=row.video_id,
-            request=row.request,
-            output_url=outputs.url,
-            cache_url=cache_url,
-            model=info.model_id,
-            model_path=info.path,
-            revision=info.revision,
-            size=info.image_size,
-            device=device,
-            dtype=dtype,
-            force=force,
-            channels_last=channels_last,
-            compile_unet=compile_unet,
-        )
-        work.append((row, job))
-    if work:
-        run_span(work)
+    except (KeyboardInterrupt, ExternalSignal):  # Ctrl-C, or a stop signal
+        # results.parquet still describes every row that finished or whose video exists: the unfinished
+        # rows of the interrupted span and the rows not reached are looked up, then the interrupt goes on
+        unfinished = [row for row, _ in work if not tracker.has(row.index)]
+        _describe_complete(outputs, tracker, unfinished, add_complete)
+        _describe_complete(outputs, tracker, (row for row in rows_read if row.index < total), add_complete)
+        tracker.close()
+        raise
+    # 3. the rows past --limit whose videos exist are in results.parquet too, by one listing
+    _describe_complete(outputs, tracker, rows_read, add_complete)
 
-    # 3. results.parquet and the summary
+    # 4. results.parquet and the summary
     return tracker.close()
+
+
+def _job(row, info, outputs, cache_url, device, dtype, force, channels_last, compile_unet) -> Job:
+    return Job(
+        video_id=row.video_id,
+        request=row.request,
+        output_url=outputs.url,
+        cache_url=cache_url,
+        model=info.model_id,
+        model_path=info.path,
+        revision=info.revision,
+        size=info.image_size,
+        device=device,
+        dtype=dtype,
+        force=force,
+        channels_last=channels_last,
+        compile_unet=compile_unet,
+    )
+
+
+def _describe_complete(outputs: OutputStore, tracker: RunTracker, rows, add_complete) -> None:
+    """Record the valid rows among `rows` whose videos are complete (listing the output once); the
+    others are left out of the results."""
+    complete = None
+    for row in rows:
+        if row.error is None:
+            complete = outputs.complete_ids() if complete is None else complete
+            if row.video_id in complete:
+                add_complete(row)
+                continue
+        tracker.skip(row.index)
+
+
+def _previous_seconds(outputs: OutputStore) -> dict[str, float]:
+    """Compute seconds of each video made by earlier runs (from the results.parquet they left), so a
+    cached row keeps the time it took to make rather than 0."""
+    try:
+        table = pq.read_table(
+            outputs.fs.open(outputs.path(RESULTS_FILE)), columns=["video_id", "status", "seconds"]
+        ).to_pylist()
+    except Exception:  # noqa: BLE001 - none yet, or unreadable: the seconds are just unknown
+        return {}
+    return {r["video_id"]: r["seconds"] for r in table if r["status"] == "ok" and r["seconds"] is not None}

@@ -11,7 +11,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..manifests.schema import RESULTS_FILE
 from ..storage import OutputStore
+
+FAILURES_SHOWN = 10  # failed rows listed in the summary (and on the terminal)
 
 RESULT_FIELDS = [
     pa.field("video_id", pa.string()),
@@ -55,6 +58,8 @@ class RunTracker:
     _next_row: int = 0
     _batch: list[dict] = field(default_factory=list)
     _summary: list[dict] = field(default_factory=list)
+    _skipped: set[int] = field(default_factory=set)  # rows left out, not yet passed by _next_row
+    failures: list[dict] = field(default_factory=list)  # the first FAILURES_SHOWN failed rows
 
     def __post_init__(self) -> None:
         self._contract = {f.name for f in RESULT_FIELDS}  # a manifest column never shadows a result column
@@ -85,35 +90,58 @@ class RunTracker:
         error: str | None = None,
         video: str | None = None,
         metadata: str | None = None,
-        seconds: float = 0.0,
+        seconds: float | None = 0.0,
         cached: bool = False,
+        counted: bool = True,
     ) -> None:
+        """Record one row's result; `counted=False` for a row outside this run's rows (past --limit)
+        that is described but not counted or shown in the progress."""
         record = {
             "video_id": video_id,
             "status": status,
             "error": error,
             "video": video,
             "metadata": metadata,
-            "seconds": round(seconds, 3),
+            "seconds": None if seconds is None else round(seconds, 3),
             "cached": cached,
             "row": row,
             **{name: value for name, value in extra.items() if name not in self._contract},
         }
+        self._buffer[row] = record
+        if not counted:
+            self._advance()
+            return
         if status == "failed":
             self.counts.failed += 1
+            if len(self.failures) < FAILURES_SHOWN:
+                self.failures.append({"row": row, "video_id": video_id, "error": error})
         elif cached:
             self.counts.cached += 1
         else:
             self.counts.done += 1
         if len(self._summary) < 1000:
             self._summary.append({k: record[k] for k in ("row", "video_id", "status", "error", "seconds")})
-        self._buffer[row] = record
-        while self._next_row in self._buffer:
-            self._batch.append(self._buffer.pop(self._next_row))
+        self._advance()
+        self._report()
+
+    def has(self, row: int) -> bool:
+        """Whether a row has been recorded (or skipped)."""
+        return row < self._next_row or row in self._buffer or row in self._skipped
+
+    def skip(self, row: int) -> None:
+        """Leave a row out of results.parquet (past --limit, no video), so later rows need not wait."""
+        self._skipped.add(row)
+        self._advance()
+
+    def _advance(self) -> None:
+        while self._next_row in self._buffer or self._next_row in self._skipped:
+            if self._next_row in self._skipped:
+                self._skipped.discard(self._next_row)
+            else:
+                self._batch.append(self._buffer.pop(self._next_row))
             self._next_row += 1
         if len(self._batch) >= 1024:
             self._flush()
-        self._report()
 
     def _flush(self) -> None:
         if self._batch:
@@ -136,7 +164,7 @@ class RunTracker:
             self._batch.append(self._buffer.pop(row))
         self._flush()
         self._writer.close()
-        self.outputs.write_bytes("results.parquet", self._path.read_bytes())
+        self.outputs.write_bytes(RESULTS_FILE, self._path.read_bytes())
         self._tmp.cleanup()
         if self._bar is not None:
             self._bar.close()
@@ -147,6 +175,7 @@ class RunTracker:
             "cached": c.cached,
             "failed": c.failed,
             "seconds": round(time.monotonic() - self._start, 2),
+            "failures": self.failures,
         }
         _table_artifact(self._summary, summary)
         return summary

@@ -28,6 +28,7 @@ from .schema import (
     FLOAT_COLUMNS,
     INT_COLUMNS,
     MANIFEST_COLUMNS,
+    RESERVED_IDS,
     VIDEO_ID_PATTERN,
     ManifestError,
     ManifestRow,
@@ -88,13 +89,35 @@ def iter_manifest(
                 raise ManifestError(
                     f"cannot read manifest {url} near row {index}: {_one_line(error)}"
                 ) from None
-            columns = {name: batch.column(name).to_pylist() for name in batch.schema.names}
+            columns = {name: _python_values(batch.column(name)) for name in batch.schema.names}
             for offset in range(batch.num_rows):
                 values = {name: column[offset] for name, column in columns.items()}
                 yield _build_row(index, values, url, type_errors, first_row)
                 index += 1
                 if limit is not None and index >= limit:
                     return
+
+
+class _BadValue:
+    """A value that cannot become a Python object (text that is not UTF-8): it fails its own row."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _python_values(column) -> list:
+    """A column's values as Python objects; a value that cannot convert becomes a _BadValue."""
+    try:
+        return column.to_pylist()
+    except (UnicodeDecodeError, ValueError):  # one bad value spoils the whole conversion: go value by value
+        values = []
+        for scalar in column:
+            try:
+                values.append(scalar.as_py())
+            except (UnicodeDecodeError, ValueError) as error:
+                reason = "text is not valid UTF-8" if isinstance(error, UnicodeDecodeError) else str(error)
+                values.append(_BadValue(reason))
+        return values
 
 
 def resolve_image(image: str, manifest_url: str) -> str:
@@ -115,19 +138,30 @@ def resolve_image(image: str, manifest_url: str) -> str:
 def _build_row(
     index: int, values: dict, url: str, type_errors: dict[str, str], first_row: dict[str, int]
 ) -> ManifestRow:
-    raw_id = values.get("video_id") if "video_id" not in type_errors else None
-    raw_id = raw_id if isinstance(raw_id, str) else None
-    safe_id = raw_id if raw_id is not None and VIDEO_ID_PATTERN.fullmatch(raw_id) else None
-    extra = {name: value for name, value in values.items() if name not in MANIFEST_COLUMNS}
+    raw = values.get("video_id")
+    raw_id = None if raw is None or isinstance(raw, _BadValue) else raw if isinstance(raw, str) else str(raw)
+    safe_id = raw_id if raw_id is not None and _is_safe_id(raw_id) else None
+    bad = {name: value.reason for name, value in values.items() if isinstance(value, _BadValue)}
+    extra = {
+        name: None if name in bad else value for name, value in values.items() if name not in MANIFEST_COLUMNS
+    }
     try:
+        if "video_id" in bad:
+            raise _RowFailure("video_id", bad["video_id"])
         _check_video_id(index, raw_id, safe_id, type_errors, first_row)
         if type_errors:
             raise _RowFailure(*next(iter(type_errors.items())))
+        if bad:
+            raise _RowFailure(*next(iter(bad.items())))
         request = _request(safe_id, values, url)
     except _RowFailure as failure:
         error = RowError(index, raw_id, failure.column, failure.reason)
         return ManifestRow(index, safe_id, None, error, extra)
     return ManifestRow(index, safe_id, request, None, extra)
+
+
+def _is_safe_id(video_id: str) -> bool:
+    return bool(VIDEO_ID_PATTERN.fullmatch(video_id)) and video_id.lower() not in RESERVED_IDS
 
 
 def _check_video_id(
@@ -142,6 +176,8 @@ def _check_video_id(
     if raw_id is None:
         raise _RowFailure("video_id", "video_id is missing")
     if safe_id is None:
+        if raw_id.lower() in RESERVED_IDS:
+            raise _RowFailure("video_id", f"{raw_id!r} is reserved: the output root uses that name itself")
         raise _RowFailure(
             "video_id",
             f"{raw_id!r} is not a safe id: use 1-128 of A-Z a-z 0-9 . _ - starting with a letter or digit",
@@ -171,6 +207,8 @@ def _request(video_id: str, values: dict, url: str) -> VideoRequest:
 
     params = _params(video_id, values)
     caption = values.get("caption")
+    if source_prompt is not None and caption and caption.strip():
+        raise _RowFailure("caption", "a caption is for an image row; a source_prompt row is captioned by it")
     try:
         return VideoRequest(
             video_id=video_id,

@@ -11,6 +11,11 @@ import pyarrow as pa
 from ..single import VideoRequest
 
 VIDEO_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Names the output root uses for itself; a video folder may not take them (compared case-insensitively,
+# for case-insensitive file systems). Dot-folders (.cache, .logs, .staging) are out of the id pattern.
+RESULTS_FILE = "results.parquet"
+REPORT_FILE = "report.html"
+RESERVED_IDS = frozenset({RESULTS_FILE, REPORT_FILE})
 
 # column -> canonical Arrow type; readers accept any type that casts safely to it (see `column_type_error`)
 MANIFEST_COLUMNS: dict[str, pa.DataType] = {

@@ -25,7 +25,7 @@ def check_rows(
             continue
         image = row.request.image
         try:
-            open_image(read_bytes(image, _options_for(image, url, storage_options)))
+            open_image(read_bytes(image, _options_for(image, url, storage_options)), image)
         except (ImageError, OSError, PIL.Image.DecompressionBombError) as error:
             yield row, RowError(row.index, row.video_id, "image", str(error) or type(error).__name__)
         else:

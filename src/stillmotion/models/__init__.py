@@ -10,6 +10,7 @@ from .inversion import invert
 from .keyframes import edit_weights, guided_keyframes, keyframe_embeddings
 from .loading import (
     Captioner,
+    DeviceNotAvailable,
     ModelNotAvailable,
     StableDiffusion,
     load_captioner,
@@ -29,6 +30,7 @@ from .params import MethodParams
 
 __all__ = [
     "Captioner",
+    "DeviceNotAvailable",
     "Fit",
     "ImageError",
     "MethodParams",

@@ -5,7 +5,7 @@ its fast SDPA processor, and attn2 itself runs on SDPA whenever the store is "of
 probabilities are materialised only when they are recorded or compared.
 
     with attention_store(unet) as store:
-        store.mode = "record"; unet(...)   # store.reference[name]: (2 * heads, HW, tokens)
+        store.mode = "record"; unet(...)   # store.reference[name]: (copies * heads, HW, tokens)
         store.mode = "guide"; unet(...)    # store.loss: summed over frames, see CrossAttnMapsProcessor
 """
 
@@ -24,20 +24,23 @@ class AttentionStore:
 
     def __init__(self) -> None:
         self.mode: Literal["off", "record", "guide"] = "off"
-        self.reference: dict[str, torch.Tensor] = {}  # layer name -> (2 * heads, HW, tokens)
+        self.reference: dict[str, torch.Tensor] = {}  # layer name -> (copies * heads, HW, tokens)
         self.loss: torch.Tensor | float = 0.0
 
     def add_guidance_loss(self, name: str, probs: torch.Tensor, heads: int) -> None:
-        """Add sum_frames mean_(cfg half, head) sum_(pixel, token) (A - A_ref)^2 for one layer.
+        """Add sum_frames mean_(copy, head) sum_(pixel, token) (A - A_ref)^2 for one layer.
 
-        The guided batch is [uncond_1..uncond_K, cond_1..cond_K]; each frame's term equals
-        pix2pix-zero's loss for that frame alone, so summing gives every frame its own gradient.
+        With CFG the guided batch is [uncond_1..uncond_K, cond_1..cond_K] against a reference pass of
+        [uncond; cond]; without CFG (scale <= 1, as pix2pix-zero) it is [cond_1..cond_K] against
+        [cond]. Each frame's term equals pix2pix-zero's loss for that frame alone, so summing gives
+        every frame its own gradient.
         """
         reference = self.reference[name]
         pixels, tokens = probs.shape[1:]
-        frames = probs.shape[0] // (2 * heads)
-        probs = probs.float().view(2, frames, heads, pixels, tokens)  # (cfg half, K, heads, HW, T)
-        reference = reference.float().view(2, 1, heads, pixels, tokens)
+        copies = reference.shape[0] // heads  # 2 with CFG, 1 without
+        frames = probs.shape[0] // (copies * heads)
+        probs = probs.float().view(copies, frames, heads, pixels, tokens)  # (copy, K, heads, HW, T)
+        reference = reference.float().view(copies, 1, heads, pixels, tokens)
         per_frame = (probs - reference).pow(2).sum(dim=(-2, -1)).mean(dim=(0, 2))  # (K,)
         self.loss = self.loss + per_frame.sum()
 

@@ -40,17 +40,20 @@ class Fit:
         }
 
 
-def open_image(data: bytes) -> PIL.Image.Image:
-    """Decode image bytes fully; raises ImageError with a readable reason."""
+def open_image(data: bytes, name: str | None = None) -> PIL.Image.Image:
+    """Decode image bytes fully; raises ImageError with a readable reason naming `name` (a path)."""
+    what = f"image {name}" if name else "image"
     if not data:
-        raise ImageError("image file is empty (0 bytes)")
+        raise ImageError(f"{what} is empty (0 bytes)")
     try:
         image = PIL.Image.open(io.BytesIO(data))
         image.load()
+    except PIL.UnidentifiedImageError:  # its message shows the BytesIO object, not the file
+        raise ImageError(f"cannot decode {what}: not a known image format") from None
     except _DECODE_ERRORS as error:
-        raise ImageError(f"cannot decode image: {error}") from None
+        raise ImageError(f"cannot decode {what}: {error}") from None
     if image.width < 1 or image.height < 1:
-        raise ImageError(f"image has no pixels ({image.width}x{image.height})")
+        raise ImageError(f"{what} has no pixels ({image.width}x{image.height})")
     return image
 
 

@@ -42,8 +42,17 @@ def keyframe_embeddings(
     return embeds.reshape(-1, *caption_embeds.shape[1:])
 
 
+def uses_cfg(scale: float) -> bool:
+    """pix2pix-zero's rule: classifier-free guidance runs only at a scale above 1 (at 1 it is the
+    conditional prediction alone, so one copy of each latent is enough)."""
+    return scale > 1.0
+
+
 def classifier_free_guidance(noise: torch.Tensor, scale: float) -> torch.Tensor:
-    """(2B, ...) [uncond; cond] noise predictions to eps_u + s (eps_c - eps_u)."""
+    """(2B, ...) [uncond; cond] noise predictions to eps_u + s (eps_c - eps_u); (B, ...) unchanged
+    when CFG is off."""
+    if not uses_cfg(scale):
+        return noise
     uncond, cond = noise.chunk(2)
     return uncond + scale * (cond - uncond)
 
@@ -71,11 +80,16 @@ def guided_step(
 ) -> torch.Tensor:
     """One pix2pix-zero editing step for B key frames at once; `store.reference` holds step t's maps.
 
-    latents (B, C, h, w) fp32; edited_embeds (B, T, D); negative_embeds (1, T, D).
+    latents (B, C, h, w) fp32; edited_embeds (B, T, D); negative_embeds (1, T, D). Without CFG
+    (scale <= 1) there is one copy per frame, conditioned on its edited embedding.
     """
-    frames = latents.shape[0]
-    embeds = torch.cat([negative_embeds.expand(frames, -1, -1), edited_embeds]).to(unet.dtype)  # (2B, T, D)
-    x_in = torch.cat([latents, latents])  # (2B, C, h, w): [uncond copies; cond copies]
+    frames, copies = latents.shape[0], 2 if uses_cfg(cfg_scale) else 1
+    if copies == 2:
+        embeds = torch.cat([negative_embeds.expand(frames, -1, -1), edited_embeds])  # (2B, T, D)
+    else:
+        embeds = edited_embeds  # (B, T, D)
+    embeds = embeds.to(unet.dtype)
+    x_in = torch.cat([latents] * copies)  # (copies * B, C, h, w): [uncond copies; cond copies]
     if xa_guidance > 0:
         # 1. move each copy one SGD step down its own attention-map loss (frames' losses are summed)
         x_in = x_in.detach().requires_grad_(True)
@@ -85,7 +99,7 @@ def guided_step(
     # 2. recompute the noise at the moved copies, combine with CFG, advance the uncond copy
     noise = unet(x_in.to(unet.dtype), t, encoder_hidden_states=embeds).sample.float()
     noise = classifier_free_guidance(noise, cfg_scale)
-    return scheduler.step(noise, t, x_in.chunk(2)[0]).prev_sample
+    return scheduler.step(noise, t, x_in.chunk(copies)[0]).prev_sample
 
 
 @torch.no_grad()
@@ -110,7 +124,8 @@ def guided_keyframes(
     # 1. prepare timesteps and the per-chunk state
     scheduler = DDIMScheduler.from_config(scheduler_config)
     scheduler.set_timesteps(steps, device=inverted_noise.device)
-    reference_embeds = torch.cat([negative_embeds, caption_embeds]).to(unet.dtype)  # (2, T, D)
+    copies = 2 if uses_cfg(cfg_scale) else 1
+    reference_embeds = torch.cat([negative_embeds, caption_embeds][-copies:]).to(unet.dtype)  # (copies, T, D)
     chunks = list(keyframe_embeds.split(batch_size))
     source = inverted_noise.clone()
     latents = [inverted_noise.expand(len(chunk), -1, -1, -1).clone() for chunk in chunks]
@@ -118,7 +133,8 @@ def guided_keyframes(
     with attention_store(unet) as store:
         for i, t in enumerate(scheduler.timesteps):
             store.mode = "record"
-            noise = unet(torch.cat([source] * 2).to(unet.dtype), t, encoder_hidden_states=reference_embeds)
+            x_in = torch.cat([source] * copies).to(unet.dtype)
+            noise = unet(x_in, t, encoder_hidden_states=reference_embeds)
             source = scheduler.step(
                 classifier_free_guidance(noise.sample.float(), cfg_scale), t, source
             ).prev_sample

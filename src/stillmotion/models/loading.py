@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +33,29 @@ def default_model() -> str:
     return os.environ.get("STILLMOTION_MODEL", DEFAULT_MODEL)
 
 
+class DeviceNotAvailable(ValueError):
+    """The requested device is not a device torch knows, or is not present on this machine."""
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 def resolve_device(device: str = "auto") -> torch.device:
-    """`auto` is CUDA when present, else the CPU; anything else is passed to torch.device."""
+    """`auto` is CUDA when present, else the CPU; `cpu`, `cuda`, `cuda:N` and `mps` must exist here."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not DEVICE_PATTERN.fullmatch(device):
+        raise DeviceNotAvailable(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
     resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceNotAvailable(f"device {device!r} requested but CUDA is not available on this machine")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise DeviceNotAvailable(
+                f"device {device!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceNotAvailable(f"device {device!r} requested but MPS is not available on this machine")
     return resolved
 
 
@@ -53,18 +70,31 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def resolve_model(model: str) -> tuple[Path, str]:
-    """A model id or folder to (local folder, revision): the hub commit, or a content fingerprint."""
+LOCAL_REVISION_PREFIX = "local-"  # the revision of a local folder: this prefix + a content fingerprint
+
+
+def resolve_model(model: str, revision: str | None = None) -> tuple[Path, str]:
+    """A model id or folder to (local folder, revision): the hub commit, or a content fingerprint.
+
+    With `revision`, the result must be that revision: a hub id is fetched at that commit, and a
+    folder whose files no longer match it raises ModelNotAvailable rather than load other weights.
+    """
     if Path(model).expanduser().is_dir():
         path = Path(model).expanduser().resolve()
-        return path, "local-" + fingerprint_folder(path)
+        found = LOCAL_REVISION_PREFIX + fingerprint_folder(path)
+        if revision is not None and found != revision:
+            raise ModelNotAvailable(
+                f"model folder {path} has changed: its files are now {found}, the run keyed {revision}"
+            )
+        return path, found
     from huggingface_hub import snapshot_download
 
     try:
-        path = Path(snapshot_download(model, ignore_patterns=_WEIGHT_IGNORE))
+        path = Path(snapshot_download(model, revision=revision, ignore_patterns=_WEIGHT_IGNORE))
     except Exception as error:  # noqa: BLE001 - the hub raises many kinds; all mean "not available"
+        at = f" at revision {revision}" if revision else ""
         raise ModelNotAvailable(
-            f"model {model!r} is not a local folder and could not be fetched from the Hugging Face Hub "
+            f"model {model!r}{at} is not a local folder and could not be fetched from the Hugging Face Hub "
             f"({type(error).__name__}). Offline, pass --model with a local folder "
             f"(`stillmotion make-tiny-model DIR` writes a tiny one)."
         ) from None
@@ -153,6 +183,7 @@ def load_stable_diffusion(
     dtype: str = "auto",
     channels_last: bool = False,
     compile_unet: str | None = None,
+    revision: str | None = None,
 ) -> StableDiffusion:
     """Load UNet, VAE, CLIP text encoder, tokenizer and scheduler config from safetensors.
 
@@ -165,7 +196,7 @@ def load_stable_diffusion(
     model = model or default_model()
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    path, revision = resolve_model(model)
+    path, revision = resolve_model(model, revision)
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         if not (path / part).is_dir():
             raise ModelNotAvailable(f"model folder {path} has no {part}/ (is it a Stable Diffusion model?)")

@@ -21,7 +21,7 @@ class MethodParams:
     fps: int = 8  # frames per second of the MP4
     seed: int = 0  # seeds x_T (synthetic), the VAE sample and the regularizer's roll offsets
     steps: int = 50  # DDIM steps for inversion, reference and key frames
-    cfg_scale: float = 5.0  # classifier-free guidance scale of reference and key frames
+    cfg_scale: float = 5.0  # classifier-free guidance scale of reference and key frames; 1: CFG off
     xa_guidance: float | None = None  # cross-attention guidance step; None: 0.1 real, 0.15 synthetic
     curve: Curve = "log"  # edit-weight curve: ln(1 + k(e-1)/K) or k/K
     # regularized inversion (pix2pix-zero's defaults)
@@ -45,8 +45,11 @@ class MethodParams:
             raise ValueError(f"xa_guidance must be finite and >= 0, got {self.xa_guidance}")
         if self.curve not in ("log", "linear"):
             raise ValueError(f"curve must be 'log' or 'linear', got {self.curve!r}")
-        if self.cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        if not (1 <= self.cfg_scale < float("inf")):
+            raise ValueError(
+                f"cfg_scale must be a finite number >= 1 (1 turns classifier-free guidance off, "
+                f"as in pix2pix-zero), got {self.cfg_scale}"
+            )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 

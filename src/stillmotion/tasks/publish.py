@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from prefect import task
 
-from ..models import resolve_device, resolve_dtype
 from ..outputs import image_files, video_metadata
 from ..storage import OutputStore
 from .runtime import Job
@@ -33,7 +32,7 @@ def publish_stage(
         "frames": frames,
         "encode": encoded,
     }
-    request, device = job.request, resolve_device(job.device)
+    request = job.request
     inputs = {"image": request.image, "source_prompt": request.source_prompt}
     if source:
         inputs["image_sha256"] = source["image_sha256"]
@@ -46,8 +45,8 @@ def publish_stage(
         if "captioner" in caption
         else None,
         model={"id": job.model, "revision": job.revision},
-        device=str(device),
-        dtype=str(resolve_dtype(job.dtype, device)).removeprefix("torch."),
+        device=keyframes["device"],  # what the key frames were computed with, not this task's job
+        dtype=keyframes["dtype"],
         size=job.size,
         frame_count=len(frame_list),
         keyframe_count=len(keyframe_list),
@@ -56,6 +55,11 @@ def publish_stage(
         truncated_prompts=keyframes.get("truncated_prompts", []),
     )
     metadata["artifacts"] = {name: stage["key"] for name, stage in stages.items() if stage and "key" in stage}
+    metadata["computed_with"] = {
+        name: {field: stage[field] for field in ("device", "dtype", "worker") if field in stage}
+        for name, stage in stages.items()
+        if stage and "worker" in stage
+    }
     outputs.publish(job.video_id, files, metadata)
     outputs.clear_log(job.video_id)
     return {

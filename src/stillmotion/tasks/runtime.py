@@ -15,7 +15,15 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import Captioner, StableDiffusion, load_captioner, load_stable_diffusion, resolve_device
+from ..models import (
+    Captioner,
+    StableDiffusion,
+    load_captioner,
+    load_stable_diffusion,
+    resolve_device,
+    resolve_dtype,
+)
+from ..models.loading import LOCAL_REVISION_PREFIX
 from ..single import VideoRequest
 
 _GUARD = threading.Lock()
@@ -35,9 +43,9 @@ class Job:
     request: VideoRequest
     output_url: str
     cache_url: str  # artifacts live under {cache_url}/artifacts
-    model: str  # as given: hub id or folder
-    model_path: str  # resolved local folder
-    revision: str
+    model: str  # as given: hub id or folder (shown in metadata)
+    model_path: str  # resolved absolute local folder
+    revision: str  # hub commit, or "local-" + the folder's content fingerprint
     size: int  # model image size in pixels
     device: str = "auto"
     dtype: str = "auto"
@@ -46,8 +54,29 @@ class Job:
     compile_unet: str | None = None
 
     @property
+    def hub_model(self) -> bool:
+        return not self.revision.startswith(LOCAL_REVISION_PREFIX)
+
+    @property
+    def model_source(self) -> str:
+        """What a worker loads: the hub id (fetched at `revision`), or the folder by its absolute path."""
+        return self.model if self.hub_model else self.model_path
+
+    @property
     def model_key(self) -> dict:
-        return {"model": self.model, "revision": self.revision, "size": self.size}
+        """The weights in cache keys: the revision (and hub id), never how a folder was spelled."""
+        return {"model": self.model if self.hub_model else None, "revision": self.revision, "size": self.size}
+
+
+def compute_identity(job: Job) -> dict:
+    """Where this process computes a job's model stages: the device type and dtype they run in.
+
+    Part of the model stages' keys (fp32 on a CPU and bf16 on a GPU give other numbers) and of their
+    records, so metadata reports what each artifact was really computed with. Device indices do not
+    change numbers and stay out.
+    """
+    device = torch.device(_device_name(job.device))
+    return {"device": device.type, "dtype": str(resolve_dtype(job.dtype, device)).removeprefix("torch.")}
 
 
 def _device_name(device: str) -> str:
@@ -96,7 +125,8 @@ def stable_diffusion(job: Job) -> StableDiffusion:
     with _GUARD:
         if key not in _MODELS:
             _MODELS[key] = load_stable_diffusion(
-                job.model,
+                job.model_source,
+                revision=job.revision,
                 device=key[2],
                 dtype=job.dtype,
                 channels_last=job.channels_last,

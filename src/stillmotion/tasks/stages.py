@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import time
 import traceback
 
@@ -33,7 +34,7 @@ from ..outputs import mp4_bytes, png_bytes, sha256
 from ..single import load_source, read_bytes
 from ..storage import ArtifactStore, OutputStore, Store, artifact_key, configure_storage
 from ..video import EncodeError
-from .runtime import COMPUTED, Job, captioner, device_lock, stable_diffusion, worker_label
+from .runtime import COMPUTED, Job, captioner, compute_identity, device_lock, stable_diffusion, worker_label
 
 
 @functools.lru_cache(maxsize=16)
@@ -74,12 +75,19 @@ def logs_failures(stage):
     return wrapper
 
 
-def timing(started: float, compute_start: float) -> dict:
+def timing(job: Job, started: float, compute_start: float, on_device: bool = True) -> dict:
     """A stage's record: compute seconds (from `compute_start`, a perf_counter taken once the device
-    is held, so lock waits do not count), the task's wall-clock start (before any wait) and end, and
-    the worker it ran on."""
+    is held, so lock waits do not count), the task's wall-clock start (before any wait) and end, the
+    worker it ran on, and for model stages the device type and dtype it computed in."""
     seconds = time.perf_counter() - compute_start
-    return {"seconds": round(seconds, 4), "started": started, "ended": time.time(), "worker": worker_label()}
+    record = {"seconds": round(seconds, 4), "started": started, "ended": time.time()}
+    record["worker"] = worker_label()
+    return {**record, **compute_identity(job)} if on_device else record
+
+
+def model_key(job: Job) -> dict:
+    """What a model stage's numbers depend on besides its inputs: the weights, device type and dtype."""
+    return {**job.model_key, **compute_identity(job)}
 
 
 def prefect_key(key: str) -> str:
@@ -88,18 +96,36 @@ def prefect_key(key: str) -> str:
 
 
 def cached(key_of, ext: str):
-    """A Prefect cache_key_fn: the artifact's key; when the artifact is gone, its stale record goes too."""
+    """A Prefect cache_key_fn: the artifact's key. A record whose artifact is gone goes too, and so does
+    one that is not ours (not JSON, or not this artifact's result) before Prefect reads it: Prefect
+    decodes a record with the serializer the record itself names, so a `pickle` one would be unpickled.
+    """
 
     def cache_key_fn(context, parameters) -> str:
         job: Job = parameters["job"]
         key = key_of(**parameters)
-        if not artifacts(job.cache_url).has(key, ext):
-            records = Store(f"{job.cache_url}/prefect")
-            if records.exists(prefect_key(key)):
-                records.fs.rm_file(records.path(prefect_key(key)))
-        return prefect_key(key)
+        records, name = Store(f"{job.cache_url}/prefect"), prefect_key(key)
+        if records.exists(name):
+            stale = not artifacts(job.cache_url).has(key, ext)
+            if stale or not is_our_record(records.read_bytes(name), key):
+                records.fs.rm_file(records.path(name))
+        return name
 
     return cache_key_fn
+
+
+def is_our_record(data: bytes, key: str) -> bool:
+    """Whether a Prefect result record is one these stages wrote for `key`: JSON throughout, declaring
+    the JSON serializer, holding a result dict with that key."""
+    try:
+        record = json.loads(data)
+        if record["metadata"]["serializer"]["type"] != "json":
+            return False
+        result = record["result"]
+        result = json.loads(result) if isinstance(result, str) else result
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(result, dict) and result.get("key") == key
 
 
 def _stage_options(name: str, key_of=None, ext: str | None = None) -> dict:
@@ -125,7 +151,7 @@ def source_stage(job: Job) -> dict:
     key = artifact_key("source", image_sha256=digest, size=job.size)
     store = artifacts(job.cache_url)
     if job.force or not store.has(key, "png"):
-        image, fit = load_source(data, job.size)
+        image, fit = load_source(data, job.size, job.request.image)
         store.put_json(key, fit)
         store.put_file(key, "png", png_bytes(image))  # written last: the artifact's marker
         COMPUTED["source"] += 1
@@ -139,7 +165,11 @@ def _source_image(job: Job, source: dict) -> PIL.Image.Image:
 # 2. caption
 def caption_key(job: Job, source: dict) -> str:
     return artifact_key(
-        "caption", image_sha256=source["image_sha256"], size=job.size, **_captioner_identity(job.model_path)
+        "caption",
+        image_sha256=source["image_sha256"],
+        size=job.size,
+        device=compute_identity(job)["device"],  # BLIP runs in fp32 on the job's device
+        **_captioner_identity(job.model_path),
     )
 
 
@@ -154,9 +184,8 @@ def caption_stage(job: Job, source: dict) -> dict:
             compute_start = time.perf_counter()
             blip = captioner(job)
             text = caption_image(blip.model, blip.processor, _source_image(job, source))
-        store.put_json(
-            key, {"caption": text, **timing(started, compute_start), **_captioner_identity(job.model_path)}
-        )
+        record = {"caption": text, **timing(job, started, compute_start)}
+        store.put_json(key, {**record, **_captioner_identity(job.model_path)})
         COMPUTED["caption"] += 1
     return {"key": key, "caption_source": "blip", **store.get_json(key)}
 
@@ -172,7 +201,7 @@ def invert_key(job: Job, source: dict, caption: dict) -> str:
         steps=p.steps,
         seed=p.seed,
         regularizer=regularizer,
-        **job.model_key,
+        **model_key(job),
     )
 
 
@@ -187,7 +216,7 @@ def invert_stage(job: Job, source: dict, caption: dict) -> dict:
             compute_start = time.perf_counter()
             sd = stable_diffusion(job)
             inverted = invert_source(sd, _source_image(job, source), caption["caption"], job.request.params)
-        store.put_json(key, timing(started, compute_start))
+        store.put_json(key, timing(job, started, compute_start))
         store.put_tensors(key, {"inverted_noise": inverted})
         COMPUTED["invert"] += 1
     return {"key": key, **store.get_json(key)}
@@ -208,7 +237,7 @@ def keyframes_key(job: Job, inverted: dict | None, caption: dict) -> str:
         steps=p.steps,
         cfg_scale=p.cfg_scale,
         xa_guidance=p.guidance_for(request.synthetic),
-        **job.model_key,
+        **model_key(job),
     )
 
 
@@ -231,7 +260,7 @@ def keyframes_stage(job: Job, inverted: dict | None, caption: dict) -> dict:
                 sd, noise, caption["caption"], list(request.prompts), request.params, request.synthetic
             )
         store.put_json(
-            key, {**timing(started, compute_start), "truncated_prompts": rendered.truncated_prompts}
+            key, {**timing(job, started, compute_start), "truncated_prompts": rendered.truncated_prompts}
         )
         store.put_tensors(
             key, {"source_latent": rendered.source_latent, "keyframe_latents": rendered.keyframe_latents}
@@ -244,7 +273,7 @@ def keyframes_stage(job: Job, inverted: dict | None, caption: dict) -> dict:
 def frames_key(job: Job, keyframes: dict) -> str:
     p = job.request.params
     return artifact_key(
-        "frames", keyframes=keyframes["key"], k=p.keyframes, n=p.frames_per_segment, **job.model_key
+        "frames", keyframes=keyframes["key"], k=p.keyframes, n=p.frames_per_segment, **model_key(job)
     )
 
 
@@ -268,7 +297,7 @@ def frames_stage(job: Job, keyframes: dict) -> dict:
             )
             frames = _uint8(render_frames(sd, rendered, job.request.params))
             keyframe_images = _uint8(decode_keyframes(sd, rendered, job.request.params))
-        store.put_json(key, timing(started, compute_start))
+        store.put_json(key, timing(job, started, compute_start))
         store.put_tensors(key, {"frames": frames, "keyframes": keyframe_images})
         COMPUTED["frames"] += 1
     return {"key": key, **store.get_json(key)}
@@ -295,7 +324,7 @@ def encode_stage(job: Job, frames: dict) -> dict:
     if job.force or not store.has(key, "mp4"):
         started, compute_start = time.time(), time.perf_counter()
         video = mp4_bytes(frame_images(job, frames)[0], fps=job.request.params.fps)
-        store.put_json(key, timing(started, compute_start))
+        store.put_json(key, timing(job, started, compute_start, on_device=False))
         store.put_file(key, "mp4", video)
         COMPUTED["encode"] += 1
     return {"key": key, **store.get_json(key)}
