@@ -54,15 +54,17 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_libraries()
     try:
+        _quiet_libraries()  # imports torch and the model libraries: seconds in which Ctrl-C may come
         return COMMANDS[args.command](args)
     except UsageError as error:
         print(f"stillmotion {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        from .signals import interrupted_status
+
         print("stillmotion: interrupted", file=sys.stderr)
-        return 130
+        return interrupted_status()  # 130 for Ctrl-C; 143 when `run` was stopped by SIGTERM
     except user_errors() as error:
         print(f"stillmotion {args.command}: error: {error}", file=sys.stderr)
         return EXIT_FAILED

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from .parser import EXIT_OK, EXIT_ROWS_FAILED, UsageError
 
@@ -163,7 +164,9 @@ def _task_runner(args: argparse.Namespace, stack: contextlib.ExitStack):
 
 def _flow_parameters(args: argparse.Namespace) -> dict:
     """The batch flow's parameters that `run` and `serve` share (`run` adds limit, force, progress)."""
-    names = "manifest output cache model device dtype channels_last compile_unet in_flight chunk_rows"
+    names = (
+        "manifest output cache model device dtype channels_last compile_unet in_flight chunk_rows"
+    )
     return {name: getattr(args, name) for name in names.split()}
 
 
@@ -172,18 +175,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     # row failures are reported in results.parquet and .logs/, not as tracebacks on the terminal;
     # set before a local Dask cluster starts, so its worker processes inherit it
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    # Prefect's own machinery logs apart: its event worker reported "Service 'EventsWorker' failed"
+    # dozens of times per run here (Prefect 3.9.1, runs unaffected), each on a terminal line
+    os.environ.setdefault("PREFECT_INTERNAL_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # the embedded server's first start on a fresh PREFECT_HOME (migrations) took 40 s on a busy
     # 2-core machine, past Prefect's default wait
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    with contextlib.ExitStack() as stack:
-        return _run(args, _task_runner(args, stack))
+    from .signals import Interrupts, interrupt_types, start_detached_server
+
+    # SIGINT and SIGTERM stop the run within seconds: the flow writes results.parquet for the rows that
+    # finished, one line is printed and the process exits 130 / 143 (see signals.py)
+    with Interrupts() as interrupts, contextlib.ExitStack() as stack:
+        results_before = None
+        try:
+            runner = _task_runner(args, stack)
+            if runner is None:
+                start_detached_server()  # out of the terminal's process group, so Ctrl-C spares it
+            results_before = _results_stamp(args.output)
+            return _run(args, runner)
+        except interrupt_types() as error:
+            interrupts.note(error)
+            _stop_interrupted(args, interrupts, stack, results_before)
 
 
 def _run(args: argparse.Namespace, runner) -> int:
     from ..flows import batch_flow
+    from .signals import interruptible_runner
 
-    flow = batch_flow if runner is None else batch_flow.with_options(task_runner=runner)
+    # the flow's own thread runner, made not to wait for running stages once interrupted
+    if runner is None:
+        runner = interruptible_runner(batch_flow.task_runner)
+    flow = batch_flow if runner is batch_flow.task_runner else batch_flow.with_options(task_runner=runner)
     summary = flow(
         **_flow_parameters(args), limit=args.limit, force=args.force, show_progress=not args.no_progress
     )
@@ -193,9 +216,91 @@ def _run(args: argparse.Namespace, runner) -> int:
         f"results: {args.output.rstrip('/')}/results.parquet"
     )
     if summary["failed"]:
-        print(f"failed rows: see results.parquet and {args.output.rstrip('/')}/.logs/", file=sys.stderr)
+        _print_failures(args.output, summary)
         return EXIT_ROWS_FAILED
     return EXIT_OK
+
+
+def _print_failures(output: str, summary: dict) -> None:
+    """The failed rows on stderr (the first few, `video_id: reason`), and where the rest is."""
+    from ..storage import OutputStore
+
+    shown = summary.get("failures", [])
+    for failure in shown:
+        print(
+            f"  failed: {failure['video_id']!r} (row {failure['row']}): {failure['error']}", file=sys.stderr
+        )
+    where = f"{output.rstrip('/')}/results.parquet"
+    try:
+        store = OutputStore(output)
+        has_logs = bool(store.fs.glob(store.path(".logs/*.txt")))
+    except Exception:  # noqa: BLE001 - an unreachable output: do not point at logs we cannot see
+        has_logs = False
+    if has_logs:
+        where += f" and tracebacks in {output.rstrip('/')}/.logs/"
+    more = summary["failed"] - len(shown)
+    print(
+        f"{summary['failed']} failed rows{f' ({more} not shown)' if more > 0 else ''}: see {where}",
+        file=sys.stderr,
+    )
+
+
+def _results_stamp(output: str):
+    """What the output's results.parquet looks like now (fsspec's info; None if there is none), to
+    tell after an interrupt whether this run wrote it."""
+    from ..storage import OutputStore
+
+    try:
+        store = OutputStore(output)
+        return store.fs.info(store.path("results.parquet"))
+    except Exception:  # noqa: BLE001 - none yet, or the output is unreachable: nothing to compare
+        return None
+
+
+def _finished_rows(output: str, before) -> tuple[int, int] | None:
+    """(ok, failed) rows of the results.parquet this run wrote; None if it wrote none."""
+    import pyarrow.parquet as pq
+
+    from ..storage import OutputStore
+
+    try:
+        store = OutputStore(output)
+        path = store.path("results.parquet")
+        if store.fs.info(path) == before:
+            return None
+        with store.fs.open(path) as handle:
+            status = pq.read_table(handle, columns=["status"]).column("status").to_pylist()
+    except Exception:  # noqa: BLE001 - not written (or not readable): say so, do not fail the exit
+        return None
+    return status.count("ok"), status.count("failed")
+
+
+def _stop_interrupted(args: argparse.Namespace, interrupts, stack: contextlib.ExitStack, before) -> NoReturn:
+    """The end of an interrupted run: one line on stderr, the embedded server and a local Dask cluster
+    stopped, and an exit without waiting for the model stages still running in worker threads."""
+    import logging
+    import threading
+
+    from .signals import exit_now, stop_default_server
+
+    # from here on nothing but the one line reaches the terminal: stopping the server makes Prefect's
+    # event worker log an error per lost connection, on loggers that PREFECT_LOGGING_LEVEL does not quiet
+    logging.disable(logging.CRITICAL)
+    results = f"{args.output.rstrip('/')}/results.parquet"
+    finished = _finished_rows(args.output, before)
+    if finished is None:
+        outcome = "no results.parquet written"
+    else:
+        ok, failed = finished
+        outcome = f"{ok} rows finished" + (f", {failed} failed" if failed else "") + f", results: {results}"
+    closing = threading.Thread(target=stack.close, daemon=True)  # a local Dask cluster, if any
+    closing.start()
+    stop_default_server()
+    closing.join(timeout=10)
+    exit_now(
+        interrupts.exit_status,
+        f"stillmotion run: interrupted ({interrupts.name}): {outcome}; run again to resume",
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -218,9 +218,11 @@ def load_stable_diffusion(
         unet.to(memory_format=torch.channels_last)
         vae.to(memory_format=torch.channels_last)
     if compile_unet:
-        # attention processors are Python objects switched per call: compile the blocks, not the loop
-        for block in (*unet.down_blocks, unet.mid_block, *unet.up_blocks):
-            block.compile(backend=compile_unet, dynamic=False)
+        # the whole forward, not its blocks: same-type blocks share one code object, whose graph cache
+        # (one per block, mode and shape) overflowed recompile_limit. Automatic dynamic shapes make
+        # the batch dimension dynamic once it changes, so a video needs one graph per attention-store
+        # mode, whatever its batch sizes (tests/test_compile.py)
+        unet.compile(backend=compile_unet, dynamic=None)
     return StableDiffusion(
         unet, vae, text_encoder, tokenizer, scheduler_config, model, revision, path, torch_device, torch_dtype
     )
