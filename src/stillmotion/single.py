@@ -25,6 +25,7 @@ from .models import (
 )
 from .models.images import tensor_to_pil
 from .outputs import image_files, mp4_bytes, sha256, video_metadata
+from .storage import StorageError
 
 # stage name, steps done, steps in all
 Progress = Callable[[str, int, int], None]
@@ -68,6 +69,9 @@ def read_bytes(url: str, storage_options: dict | None = None) -> bytes:
         raise ImageError(f"image path is a directory: {url}") from None
     except PermissionError:
         raise ImageError(f"image not readable (permission denied): {url}") from None
+    except OSError as error:  # a storage error (a 503, a dropped connection): name the image
+        reason = error.strerror or str(error) or type(error).__name__
+        raise StorageError(error.errno, f"cannot read image {url}: {reason}") from error
 
 
 def load_source(data: bytes, size: int, name: str | None = None) -> tuple[PIL.Image.Image, dict]:

@@ -3,18 +3,23 @@
     outputs = OutputStore("s3://bucket/run")        # videos, results.parquet, .logs/, .staging/
     artifacts = ArtifactStore("s3://bucket/run/.cache/artifacts")
     key = artifact_key("invert", image_sha256=..., caption=..., model=..., steps=50)
-    artifacts.put_tensors(key, {"inverted_noise": x_T}); artifacts.get_tensors(key)
+    artifacts.put_tensors(key, {"inverted_noise": x_T}, record={"seconds": 1.2})
+    artifacts.get_tensors(key)   # checked against its sha256; DamagedArtifact (and deleted) if not
 
-Tensors are stored as safetensors, images as PNG, the rest as JSON: nothing is unpickled.
+Tensors are stored as safetensors, images as PNG, the rest as JSON: nothing is unpickled. Every
+artifact's data is checked against the sha256 recorded with it on every read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
+import socket
+import time
 import uuid
 
 import fsspec
@@ -24,9 +29,120 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from . import ALGORITHM_VERSION
-from .outputs import METADATA, metadata_bytes
+from .outputs import METADATA, metadata_bytes, sha256
 
 STORAGE_OPTIONS_ENV = "STILLMOTION_STORAGE_OPTIONS"
+TEMPORARY_PREFIX = ".tmp-"  # a local file being written; renamed into place when whole
+LEASES = ".leases"  # one file per row being made, naming the process making it
+ABANDONED_AFTER_S = 3600  # a temporary file or staging folder of another machine, untouched this long
+
+
+# what a storage failure that may pass when tried again looks like: s3fs reports a 503 or "SlowDown" as
+# EBUSY; the rest are dropped, refused or timed-out connections
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EBUSY,
+        errno.EAGAIN,
+        errno.ETIMEDOUT,
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+    }
+)
+TRANSIENT_TYPES = frozenset(  # by name: botocore's and aiohttp's, without importing either
+    {
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ConnectionClosedError",
+        "ResponseStreamingError",
+        "ServerDisconnectedError",
+        "ClientConnectorError",
+        "ClientOSError",
+        "ClientPayloadError",
+    }
+)
+TRANSIENT_CODES = frozenset(
+    {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "500", "503"}
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a failure is a storage error that may pass if tried again (a dropped connection, a
+    timeout, a 503), looking through its causes; never a missing or unreadable file, a full disk, a
+    damaged artifact or a user's bad input."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, DamagedArtifact | FileNotFoundError | PermissionError | IsADirectoryError):
+            return False
+        if isinstance(error, ConnectionError | TimeoutError) or type(error).__name__ in TRANSIENT_TYPES:
+            return True
+        if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
+            return True
+        code = getattr(error, "response", None)
+        if isinstance(code, dict) and str(code.get("Error", {}).get("Code")) in TRANSIENT_CODES:
+            return True  # botocore's ClientError
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return False
+
+
+class StorageError(OSError):
+    """A storage failure that names what it was reading or writing; keeps the errno of its cause (so
+    `is_transient` still tells a 503 from a missing file)."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def owner_tag() -> str:
+    """`{token}.{pid}.{host}`: names a temporary file or staging folder after the process writing it."""
+    return f"{uuid.uuid4().hex[:8]}.{os.getpid()}.{socket.gethostname()}"
+
+
+def abandoned(name: str, mtime: float) -> bool:
+    """Whether what a process named with `owner_tag` (under any prefix) is provably left behind: its
+    process, on this machine, is gone; or it is another machine's and untouched for ABANDONED_AFTER_S."""
+    parts = name.split(".", 2)
+    if len(parts) == 3 and parts[1].isdigit() and parts[2] == socket.gethostname():
+        return not _alive(int(parts[1]))
+    return time.time() - mtime > ABANDONED_AFTER_S
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_abandoned(folder: str, prefix: str) -> int:
+    """Delete the abandoned entries named `prefix` + owner_tag() in a local folder; returns how many."""
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        try:
+            if not abandoned(entry.name.removeprefix(prefix), entry.stat(follow_symlinks=False).st_mtime):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed += 1
+        except FileNotFoundError:  # its owner, or another cleaner, was quicker
+            continue
+    return removed
 
 
 class OutputError(ValueError):
@@ -88,10 +204,15 @@ class Store:
         parent = target.rsplit("/", 1)[0]
         self.fs.makedirs(parent, exist_ok=True)
         if self.local:
-            temporary = f"{parent}/.tmp-{uuid.uuid4().hex}"
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-            os.replace(temporary, target)
+            temporary = f"{parent}/{TEMPORARY_PREFIX}{owner_tag()}"
+            try:
+                with open(temporary, "wb") as handle:
+                    handle.write(data)
+                os.replace(temporary, target)
+            except BaseException:  # a full disk, a kill signal: no partial temporary file stays behind
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+                raise
         else:  # an object store's PUT is atomic already
             self.fs.pipe_file(target, data)
 
@@ -116,36 +237,110 @@ def replace_folder(staged: str, final: str) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
+def _mtime(info: dict) -> float:
+    """A file's modification time from fsspec's info (a number locally, a datetime on object stores)."""
+    value = info.get("mtime", info.get("LastModified", info.get("created", 0)))
+    return value.timestamp() if hasattr(value, "timestamp") else float(value or 0)
+
+
+def _subfolders(folder: str) -> list[str]:
+    try:
+        return [entry.path for entry in os.scandir(folder) if entry.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def _protocols(fs) -> tuple:
     protocol = fs.protocol
     return protocol if isinstance(protocol, tuple) else (protocol,)
 
 
+class DamagedArtifact(RuntimeError):
+    """An artifact that cannot be read, or whose data no longer matches the sha256 recorded with it.
+
+    It has been deleted when this is raised: the stage that makes it runs again on a retry.
+    """
+
+
 class ArtifactStore(Store):
-    """Content-addressed intermediates: `<kind>/<hash>.<ext>`, written once, read many times."""
+    """Content-addressed intermediates: `<kind>/<hash>.<ext>` and its JSON sidecar `<kind>/<hash>.json`.
+
+    The sidecar (the stage's record, plus the sha256 and size of the data) is written first and the
+    data last, so data present means the artifact is complete; every read of the data checks it
+    against the sidecar, and a damaged or unreadable artifact is deleted and reported as DamagedArtifact.
+    An artifact with no data file (the caption) is its sidecar alone.
+    """
 
     def has(self, key: str, ext: str) -> bool:
         return self.exists(f"{key}.{ext}")
 
-    def put_tensors(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
-        self.write_bytes(
-            f"{key}.safetensors", save_tensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-        )
+    def intact(self, key: str, ext: str) -> bool:
+        """Whether the artifact exists and reads back whole (a damaged one is deleted)."""
+        if not self.has(key, ext):
+            return False
+        try:
+            self.get_json(key) if ext == "json" else self.get_file(key, ext)
+        except DamagedArtifact:
+            return False
+        return True
 
-    def get_tensors(self, key: str) -> dict[str, torch.Tensor]:
-        return load_tensors(self.read_bytes(f"{key}.safetensors"))
+    def put(self, key: str, ext: str, data: bytes, record: dict | None = None) -> None:
+        self.write_json(f"{key}.json", {**(record or {}), "sha256": sha256(data), "bytes": len(data)})
+        self.write_bytes(f"{key}.{ext}", data)  # written last: the artifact's marker
 
-    def put_json(self, key: str, value) -> None:
+    def put_tensors(self, key: str, tensors: dict[str, torch.Tensor], record: dict | None = None) -> None:
+        data = save_tensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+        self.put(key, "safetensors", data, record)
+
+    def put_file(self, key: str, ext: str, data: bytes, record: dict | None = None) -> None:
+        self.put(key, ext, data, record)
+
+    def put_json(self, key: str, value: dict) -> None:
+        """An artifact that is its record alone."""
         self.write_json(f"{key}.json", value)
 
-    def get_json(self, key: str):
-        return self.read_json(f"{key}.json")
-
-    def put_file(self, key: str, ext: str, data: bytes) -> None:
-        self.write_bytes(f"{key}.{ext}", data)
+    def get_json(self, key: str) -> dict:
+        try:
+            return self.read_json(f"{key}.json")
+        except (FileNotFoundError, ValueError) as error:
+            raise self._damaged(key, None, f"its record is unreadable ({type(error).__name__})") from None
 
     def get_file(self, key: str, ext: str) -> bytes:
-        return self.read_bytes(f"{key}.{ext}")
+        try:
+            record = self.get_json(key)
+        except DamagedArtifact:
+            self.discard(key, ext)  # data without its record cannot be checked: it goes too
+            raise
+        try:
+            data = self.read_bytes(f"{key}.{ext}")
+        except FileNotFoundError:
+            raise self._damaged(key, ext, "its data is missing") from None
+        if record.get("sha256") != sha256(data):
+            raise self._damaged(key, ext, f"its data does not match its sha256 ({len(data)} bytes)")
+        return data
+
+    def get_tensors(self, key: str) -> dict[str, torch.Tensor]:
+        data = self.get_file(key, "safetensors")
+        try:
+            return load_tensors(data)
+        except Exception as error:  # noqa: BLE001 - a sha256 match that still cannot load
+            raise self._damaged(key, "safetensors", f"cannot load ({type(error).__name__})") from None
+
+    def clean_leftovers(self) -> int:
+        """Delete the temporary files killed writes left (local disk only); returns how many."""
+        if not self.local:
+            return 0
+        return sum(remove_abandoned(folder, TEMPORARY_PREFIX) for folder in _subfolders(self.root))
+
+    def discard(self, key: str, ext: str | None) -> None:
+        """Delete an artifact, data first (so it stops counting as present), then its record."""
+        for name in ([f"{key}.{ext}"] if ext else []) + [f"{key}.json"]:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(self.path(name))
+
+    def _damaged(self, key: str, ext: str | None, why: str) -> DamagedArtifact:
+        self.discard(key, ext)
+        return DamagedArtifact(f"damaged artifact {key}: {why}; deleted, it is recomputed on a retry")
 
 
 class OutputStore(Store):
@@ -166,15 +361,81 @@ class OutputStore(Store):
         """
         if self.local:
             staging_root = self.path(f".staging/{video_id}")
-            for stale in self.fs.glob(f"{staging_root}/*"):  # left by a killed run
-                self.fs.rm(stale, recursive=True)
-            staging = f".staging/{video_id}/{uuid.uuid4().hex[:8]}"
-            self.write_folder(staging, files, metadata)
+            remove_abandoned(staging_root, "")  # left by a killed run; never a live run's
+            staging = f".staging/{video_id}/{owner_tag()}"
+            try:
+                self.write_folder(staging, files, metadata)
+            except BaseException:  # a full disk: no partial folder left behind
+                shutil.rmtree(self.path(staging), ignore_errors=True)
+                raise
             replace_folder(self.path(staging), self.path(video_id))
             with contextlib.suppress(OSError):  # another publish of this id may be staging
                 os.rmdir(staging_root)
         else:
             self.write_folder(video_id, files, metadata)
+
+    def take_lease(self, video_id: str) -> bool:
+        """Claim a row for this process, so that two runs on one output split the work: True if taken
+        (then `release_lease`), False while another live run holds it. The lease is `.leases/{video_id}`,
+        created exclusively (O_EXCL on local disk; a conditional write, If-None-Match, where the
+        filesystem offers one); a holder that is gone loses it (see `abandoned`)."""
+        name, owner = f"{LEASES}/{video_id}", owner_tag()
+        for _ in range(2):
+            if self._create_exclusive(name, owner.encode()):
+                return True
+            try:
+                holder = self.read_bytes(name).decode(errors="replace").strip()
+                mtime = _mtime(self.fs.info(self.path(name)))
+            except FileNotFoundError:  # released meanwhile: try again
+                continue
+            if not abandoned(holder, mtime):
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(self.path(name))
+        return False
+
+    def release_lease(self, video_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self.path(f"{LEASES}/{video_id}"))
+
+    def _create_exclusive(self, relative: str, data: bytes) -> bool:
+        target = self.path(relative)
+        self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        if self.local:
+            try:
+                descriptor = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
+            return True
+        try:
+            self.fs.pipe_file(target, data, mode="create")
+        except FileExistsError:
+            return False
+        except TypeError:  # a filesystem without exclusive writes: check, then write (racy)
+            if self.fs.exists(target):
+                return False
+            self.fs.pipe_file(target, data)
+        except OSError as error:  # S3: 412 PreconditionFailed, or 409 for a concurrent conditional write
+            if "Precondition" in str(error) or "409" in str(error) or "412" in str(error):
+                return False
+            raise
+        return True
+
+    def clean_leftovers(self) -> int:
+        """Delete what killed runs left on local disk: temporary files and abandoned staging folders
+        (see `abandoned`: never those of a live run). Returns how many."""
+        if not self.local:
+            return 0  # object stores write whole objects: nothing is left
+        removed = remove_abandoned(self.root, TEMPORARY_PREFIX) + remove_abandoned(
+            self.path(".logs"), TEMPORARY_PREFIX
+        )
+        for folder in _subfolders(self.path(".staging")):
+            removed += remove_abandoned(folder, "")
+            with contextlib.suppress(OSError):  # still in use
+                os.rmdir(folder)
+        return removed
 
     def write_folder(self, folder: str, files: dict[str, bytes], metadata: dict) -> None:
         """Write files into `folder` ("" for the root), metadata.json last; an old one goes first."""
@@ -183,6 +444,9 @@ class OutputStore(Store):
             self.fs.rm_file(self.path(prefix + METADATA))
         for name, data in files.items():
             self.write_bytes(prefix + name, data)
+        for name, data in files.items():  # the marker only once every file is in place, whole
+            if self.fs.info(self.path(prefix + name))["size"] != len(data):
+                raise OSError(errno.EIO, f"{self.url_of(prefix + name)} is not as written")
         self.write_bytes(prefix + METADATA, metadata_bytes(metadata, files))
 
     def write_log(self, video_id: str, text: str) -> None:
@@ -219,7 +483,8 @@ def publish_video_folder(path: str, files: dict[str, bytes], metadata: dict) -> 
     check_video_folder(path)
     parent, name = os.path.split(os.path.abspath(path))
     store = OutputStore(parent)
-    staging = f".{name}.staging-{uuid.uuid4().hex[:8]}"
+    remove_abandoned(parent, f".{name}.staging-")  # left by a killed generate
+    staging = f".{name}.staging-{owner_tag()}"
     try:
         store.write_folder(staging, files, metadata)
         replace_folder(store.path(staging), store.path(name))

@@ -165,7 +165,7 @@ def _task_runner(args: argparse.Namespace, stack: contextlib.ExitStack):
 def _flow_parameters(args: argparse.Namespace) -> dict:
     """The batch flow's parameters that `run` and `serve` share (`run` adds limit, force, progress)."""
     names = (
-        "manifest output cache model device dtype channels_last compile_unet in_flight chunk_rows"
+        "manifest output cache model device dtype channels_last compile_unet in_flight chunk_rows batch_size"
     )
     return {name: getattr(args, name) for name in names.split()}
 
@@ -210,8 +210,9 @@ def _run(args: argparse.Namespace, runner) -> int:
     summary = flow(
         **_flow_parameters(args), limit=args.limit, force=args.force, show_progress=not args.no_progress
     )
+    repaired = f" ({summary['repaired']} repaired a damaged artifact)" if summary.get("repaired") else ""
     print(
-        f"{summary['rows']} rows: {summary['done']} made, {summary['cached']} already complete, "
+        f"{summary['rows']} rows: {summary['done']} made{repaired}, {summary['cached']} already complete, "
         f"{summary['failed']} failed in {summary['seconds']} s; "
         f"results: {args.output.rstrip('/')}/results.parquet"
     )

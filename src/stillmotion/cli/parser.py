@@ -23,6 +23,13 @@ def _add_flow_options(parser: argparse.ArgumentParser) -> None:
         default=500,
         help="rows of work per subflow (500): Prefect holds a flow run's task states until it ends",
     )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive("--batch-size"),
+        default=None,
+        help="at most this many key frames per UNet batch, for a small GPU (default: each row's, 8); "
+        "on CUDA out-of-memory a stage retries at half the batch, down to 1. Never changes the numbers",
+    )
 
 
 def _positive(name: str, minimum: int = 1):

@@ -17,6 +17,7 @@ import itertools
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from ..manifests import iter_manifest, manifest_summary
 from ..manifests.schema import RESULTS_FILE
 from ..models.loading import inspect_model, resolve_device
-from ..storage import OutputStore, configure_storage
+from ..storage import ArtifactStore, DamagedArtifact, OutputStore, configure_storage
 from ..tasks import (
     Job,
     caption_stage,
@@ -41,13 +42,9 @@ from ..tasks import (
     publish_stage,
     source_stage,
 )
-from .tracking import RunTracker
+from .tracking import RunError, RunTracker
 
 SPAN_REACH = 10  # a span of work closes at most this many x chunk_rows manifest rows past its first job
-
-
-class RunError(RuntimeError):
-    """The run cannot proceed at all (unwritable output, unusable model): exit status 1."""
 
 
 def _stages(cache_url: str, force: bool) -> dict:
@@ -117,32 +114,6 @@ def submit_row(stages: dict, job: Job, runner=None) -> list[PrefectFuture]:
     return [*futures, keyframes, frames, encoded, published]
 
 
-def _finish(
-    tracker: RunTracker, outputs: OutputStore, row, futures: list[PrefectFuture], started: float
-) -> None:
-    published = futures[-1]
-    published.wait()
-    if published.state.is_completed():
-        result = published.result()
-        tracker.add(
-            row.index,
-            row.video_id,
-            row.extra,
-            status="ok",
-            video=result["video"],
-            metadata=result["metadata"],
-            seconds=time.monotonic() - started,
-        )
-        return
-    reason = outputs.read_log_reason(row.video_id)
-    if reason is None:  # failed before a task could log (e.g. upstream never ran)
-        failed = next((f for f in futures if f.state.is_failed()), published)
-        reason = failed.state.message or f"task {failed.state.name}"
-    tracker.add(
-        row.index, row.video_id, row.extra, status="failed", error=reason, seconds=time.monotonic() - started
-    )
-
-
 @dataclass
 class _Span:
     """One span's rows of work and where their results go; lives in the batch flow's process."""
@@ -152,6 +123,7 @@ class _Span:
     outputs: OutputStore
     stages: dict
     in_flight: int
+    add_complete: Callable  # records a row whose video exists (made by an earlier or another run)
 
 
 # Live spans by id. The chunk subflow takes the id, not the objects: Prefect serialises the flow run's
@@ -176,6 +148,63 @@ def _close_span(key: str) -> None:
     del _SPANS[key]
 
 
+LEASE_POLL_S = 2.0  # how often a run looks again at rows another run is making
+REPAIR_ROUNDS = 2  # resubmissions of a row whose chain met a damaged artifact (deleted when found)
+
+
+def _found_damage(futures: list[PrefectFuture]) -> bool:
+    """Whether the first failed stage of a row failed on a damaged artifact (storage.DamagedArtifact)."""
+    failed = next((f for f in futures if f.state.is_failed()), None)
+    if failed is None:
+        return False
+    error = failed.state.result(raise_on_failure=False)
+    return isinstance(error, DamagedArtifact) or "DamagedArtifact" in (failed.state.message or "")
+
+
+def _finish(span: _Span, runner, row, job: Job, futures: list[PrefectFuture], started: float) -> None:
+    """Wait for a row's chain, record it, and let go of the row's lease."""
+    try:
+        _record(span, runner, row, job, futures, started)
+    finally:
+        span.outputs.release_lease(row.video_id)
+
+
+def _record(span: _Span, runner, row, job: Job, futures: list[PrefectFuture], started: float) -> None:
+    """Record a row's outcome. A chain that failed on a damaged artifact is submitted again
+    (REPAIR_ROUNDS times at most): the damaged artifact was deleted, so its Prefect record no longer
+    counts, that stage computes it again and every intact stage before it is a cache hit."""
+    repaired = False
+    for _ in range(REPAIR_ROUNDS):
+        futures[-1].wait()
+        if futures[-1].state.is_completed() or not _found_damage(futures):
+            break
+        repaired = True
+        futures = submit_row(span.stages, job, runner)
+    published = futures[-1]
+    published.wait()
+    tracker, outputs = span.tracker, span.outputs
+    if published.state.is_completed():
+        result = published.result()
+        tracker.add(
+            row.index,
+            row.video_id,
+            row.extra,
+            status="ok",
+            video=result["video"],
+            metadata=result["metadata"],
+            seconds=time.monotonic() - started,
+            repaired=repaired,
+        )
+        return
+    reason = outputs.read_log_reason(row.video_id)
+    if reason is None:  # failed before a task could log (e.g. upstream never ran)
+        failed = next((f for f in futures if f.state.is_failed()), published)
+        reason = failed.state.message or f"task {failed.state.name}"
+    tracker.add(
+        row.index, row.video_id, row.extra, status="failed", error=reason, seconds=time.monotonic() - started
+    )
+
+
 @flow(
     name="stillmotion-chunk",
     flow_run_name="rows-{first_row}",
@@ -187,12 +216,39 @@ def chunk_flow(span: str, first_row: int, rows: int) -> None:
     the batch flow, on a fresh copy of the batch flow's task runner."""
     s = _span(span)
     runner, pending = FlowRunContext.get().task_runner, deque()
-    for row, job in s.work:
-        pending.append((row, submit_row(s.stages, job, runner), time.monotonic()))
-        while len(pending) >= s.in_flight:
-            _finish(s.tracker, s.outputs, *pending.popleft())
-    while pending:
-        _finish(s.tracker, s.outputs, *pending.popleft())
+
+    def start(work: list) -> list:
+        """Submit the rows this run can claim; returns those another live run is making."""
+        elsewhere = []
+        for row, job in work:
+            if not s.outputs.take_lease(row.video_id):
+                elsewhere.append((row, job))
+                continue
+            if s.outputs.is_complete(row.video_id):  # made by another run since it was looked up
+                s.outputs.release_lease(row.video_id)
+                s.add_complete(row)
+                continue
+            pending.append((row, job, submit_row(s.stages, job, runner), time.monotonic()))
+            while len(pending) >= s.in_flight:
+                _finish(s, runner, *pending.popleft())
+        return elsewhere
+
+    elsewhere = start(s.work)
+    while True:
+        while pending:
+            _finish(s, runner, *pending.popleft())
+        # rows another run holds: recorded once it has made them, made here if it let go (failed, died)
+        waiting = []
+        for row, job in elsewhere:
+            if s.outputs.is_complete(row.video_id):
+                s.add_complete(row)
+            else:
+                waiting.append((row, job))
+        if not waiting:
+            break
+        elsewhere = start(waiting)
+        if elsewhere and not pending:
+            time.sleep(LEASE_POLL_S)
 
 
 @flow(name="stillmotion-batch", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
@@ -210,9 +266,14 @@ def batch_flow(
     channels_last: bool = False,
     compile_unet: str | None = None,
     chunk_rows: int = 500,
+    batch_size: int | None = None,
 ) -> dict:
     """Make every video of a manifest; returns the counts {rows, done, cached, failed, seconds}."""
-    for name, value in (("chunk_rows", chunk_rows), ("in_flight", in_flight)):
+    for name, value in (
+        ("chunk_rows", chunk_rows),
+        ("in_flight", in_flight),
+        ("batch_size", 1 if batch_size is None else batch_size),
+    ):
         if not isinstance(value, int) or value < 1:
             raise RunError(f"{name} must be an integer >= 1, got {value!r}")
     # 1. stores: fail the run (not a row) when the output cannot be written
@@ -223,6 +284,8 @@ def batch_flow(
         outputs.write_bytes(".stillmotion-run", f"{time.time()}\n".encode())
     except Exception as error:  # noqa: BLE001 - any failure here means "cannot write the output"
         raise RunError(f"cannot write to output {output}: {error}") from None
+    outputs.clean_leftovers()  # temporary files and staging folders of killed runs (local disk)
+    ArtifactStore(f"{cache_url}/artifacts").clean_leftovers()
     rows, extra_fields = manifest_summary(manifest)
     total = rows if limit is None else min(rows, limit)
     previous_seconds = _previous_seconds(outputs)
@@ -233,7 +296,7 @@ def batch_flow(
     #    once it reaches SPAN_REACH x chunk_rows manifest rows past its first job, so that rows
     #    finished meanwhile (kept in order by the tracker until that job is done) stay bounded.
     def run_span(work: list) -> None:
-        span = _open_span(_Span(work, tracker, outputs, stages, in_flight))
+        span = _open_span(_Span(work, tracker, outputs, stages, in_flight, add_complete))
         try:
             # the batch flow's configured runner, not the started one of its run (which cannot be
             # serialised); Prefect runs each subflow on a fresh duplicate of it
@@ -283,7 +346,9 @@ def batch_flow(
                 info, stages = inspect_model(model), _stages(cache_url, force)
                 if not _is_dask(FlowRunContext.get().flow.task_runner):
                     resolve_device(device)  # a missing GPU stops the run at once, as a missing model does
-            job = _job(row, info, outputs, cache_url, device, dtype, force, channels_last, compile_unet)
+            job = _job(
+                row, info, outputs, cache_url, device, dtype, force, channels_last, compile_unet, batch_size
+            )
             work.append((row, job))
         if work:
             run_span(work)
@@ -303,7 +368,7 @@ def batch_flow(
     return tracker.close()
 
 
-def _job(row, info, outputs, cache_url, device, dtype, force, channels_last, compile_unet) -> Job:
+def _job(row, info, outputs, cache_url, device, dtype, force, channels_last, compile_unet, batch_size) -> Job:
     return Job(
         video_id=row.video_id,
         request=row.request,
@@ -318,6 +383,7 @@ def _job(row, info, outputs, cache_url, device, dtype, force, channels_last, com
         force=force,
         channels_last=channels_last,
         compile_unet=compile_unet,
+        batch_size=batch_size,
     )
 
 

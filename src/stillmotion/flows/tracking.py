@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 import time
@@ -12,9 +13,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..manifests.schema import RESULTS_FILE
-from ..storage import OutputStore
+from ..storage import OutputStore, owner_tag, remove_abandoned
 
 FAILURES_SHOWN = 10  # failed rows listed in the summary (and on the terminal)
+RESULTS_TEMP_PREFIX = "stillmotion-results-"  # the local folder results.parquet is built in
+
+
+class RunError(RuntimeError):
+    """The run cannot proceed at all (unwritable output, unusable model): exit status 1."""
+
+
+def _not_written(what: str, error: BaseException) -> RunError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return RunError(f"cannot write {what}: {reason}")
+
 
 RESULT_FIELDS = [
     pa.field("video_id", pa.string()),
@@ -33,6 +45,7 @@ class Counts:
     done: int = 0
     cached: int = 0
     failed: int = 0
+    repaired: int = 0  # of done: rows whose chain met a damaged artifact, recomputed it and finished
 
     @property
     def finished(self) -> int:
@@ -66,8 +79,11 @@ class RunTracker:
         self.schema = pa.schema(
             RESULT_FIELDS + [f for f in self.extra_fields if f.name not in self._contract]
         )
-        self._tmp = tempfile.TemporaryDirectory(prefix="stillmotion-results-")
-        self._path = Path(self._tmp.name) / "results.parquet"
+        # built locally, uploaded whole at the end; a killed run's folder is removed by the next run
+        remove_abandoned(tempfile.gettempdir(), RESULTS_TEMP_PREFIX)
+        self._tmp = Path(tempfile.gettempdir()) / f"{RESULTS_TEMP_PREFIX}{owner_tag()}"
+        self._tmp.mkdir()
+        self._path = self._tmp / RESULTS_FILE
         self._writer = pq.ParquetWriter(self._path, self.schema)
         self._start = time.monotonic()
         self._bar = None
@@ -93,9 +109,11 @@ class RunTracker:
         seconds: float | None = 0.0,
         cached: bool = False,
         counted: bool = True,
+        repaired: bool = False,
     ) -> None:
         """Record one row's result; `counted=False` for a row outside this run's rows (past --limit)
-        that is described but not counted or shown in the progress."""
+        that is described but not counted or shown in the progress; `repaired` for a finished row
+        that recomputed a damaged artifact."""
         record = {
             "video_id": video_id,
             "status": status,
@@ -119,6 +137,7 @@ class RunTracker:
             self.counts.cached += 1
         else:
             self.counts.done += 1
+            self.counts.repaired += repaired
         if len(self._summary) < 1000:
             self._summary.append({k: record[k] for k in ("row", "video_id", "status", "error", "seconds")})
         self._advance()
@@ -145,7 +164,10 @@ class RunTracker:
 
     def _flush(self) -> None:
         if self._batch:
-            self._writer.write_table(pa.Table.from_pylist(self._batch, schema=self.schema))
+            try:
+                self._writer.write_table(pa.Table.from_pylist(self._batch, schema=self.schema))
+            except OSError as error:  # a full temporary disk
+                raise _not_written(f"the results table in {self._tmp}", error) from None
             self._batch = []
 
     def _report(self) -> None:
@@ -162,18 +184,25 @@ class RunTracker:
         """Write results.parquet and the summary artifact; return the counts."""
         for row in sorted(self._buffer):  # only non-contiguous leftovers (never in a full run)
             self._batch.append(self._buffer.pop(row))
-        self._flush()
-        self._writer.close()
-        self.outputs.write_bytes(RESULTS_FILE, self._path.read_bytes())
-        self._tmp.cleanup()
-        if self._bar is not None:
-            self._bar.close()
+        try:
+            self._flush()
+            self._writer.close()
+            self.outputs.write_bytes(RESULTS_FILE, self._path.read_bytes())
+        except RunError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a full disk, an object store refusing the upload
+            raise _not_written(self.outputs.url_of(RESULTS_FILE), error) from None
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            if self._bar is not None:
+                self._bar.close()
         c = self.counts
         summary = {
             "rows": c.finished,
             "done": c.done,
             "cached": c.cached,
             "failed": c.failed,
+            "repaired": c.repaired,
             "seconds": round(time.monotonic() - self._start, 2),
             "failures": self.failures,
         }

@@ -31,11 +31,12 @@ MANIFEST_COLUMNS: dict[str, pa.DataType] = {
     "steps": pa.int64(),
     "xa_guidance": pa.float64(),
     "curve": pa.string(),
+    "batch_size": pa.int64(),  # key frames per UNet batch: memory, never the numbers (capped by --batch-size)
 }
 MANIFEST_SCHEMA = pa.schema([pa.field(name, kind) for name, kind in MANIFEST_COLUMNS.items()])
 REQUIRED_COLUMNS = ("video_id", "prompts")
 SOURCE_COLUMNS = ("image", "source_prompt")  # a manifest needs at least one; a row exactly one
-INT_COLUMNS = ("keyframes", "frames", "fps", "seed", "steps")
+INT_COLUMNS = ("keyframes", "frames", "fps", "seed", "steps", "batch_size")
 FLOAT_COLUMNS = ("xa_guidance",)
 
 

@@ -7,10 +7,10 @@ from prefect import task
 from ..outputs import image_files, video_metadata
 from ..storage import OutputStore
 from .runtime import Job
-from .stages import artifacts, frame_images, logs_failures
+from .stages import artifacts, frame_images, logs_failures, retry_options
 
 
-@task(name="publish", task_run_name="publish-{job.video_id}", persist_result=False)
+@task(name="publish", task_run_name="publish-{job.video_id}", persist_result=False, **retry_options())
 @logs_failures
 def publish_stage(
     job: Job,
@@ -50,13 +50,13 @@ def publish_stage(
         size=job.size,
         frame_count=len(frame_list),
         keyframe_count=len(keyframe_list),
-        fit=store.get_json(source["key"]) if source else None,
+        fit=store.get_json(source["key"])["fit"] if source else None,
         timings={name: stage["seconds"] for name, stage in stages.items() if stage and "seconds" in stage},
         truncated_prompts=keyframes.get("truncated_prompts", []),
     )
     metadata["artifacts"] = {name: stage["key"] for name, stage in stages.items() if stage and "key" in stage}
     metadata["computed_with"] = {
-        name: {field: stage[field] for field in ("device", "dtype", "worker") if field in stage}
+        name: {field: stage[field] for field in ("device", "dtype", "batch_size", "worker") if field in stage}
         for name, stage in stages.items()
         if stage and "worker" in stage
     }

@@ -52,6 +52,7 @@ class Job:
     force: bool = False
     channels_last: bool = False  # execution options: they change speed, not results (not in keys)
     compile_unet: str | None = None
+    batch_size: int | None = None  # the run's cap on key frames per UNet batch (memory, not results)
 
     @property
     def hub_model(self) -> bool:

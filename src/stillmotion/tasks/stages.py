@@ -8,6 +8,7 @@ the artifact store stays the source of truth. Results are small JSON dicts, neve
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -32,7 +33,15 @@ from ..models.loading import captioner_identity
 from ..models.method import Rendered, synthetic_noise
 from ..outputs import mp4_bytes, png_bytes, sha256
 from ..single import load_source, read_bytes
-from ..storage import ArtifactStore, OutputStore, Store, artifact_key, configure_storage
+from ..storage import (
+    ArtifactStore,
+    OutputStore,
+    StorageError,
+    Store,
+    artifact_key,
+    configure_storage,
+    is_transient,
+)
 from ..video import EncodeError
 from .runtime import COMPUTED, Job, captioner, compute_identity, device_lock, stable_diffusion, worker_label
 
@@ -51,7 +60,7 @@ def _captioner_identity(model_path: str) -> dict:
 def one_line(error: BaseException) -> str:
     """A failure's reason in one line: the message of errors a user can fix, else type and message."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if isinstance(error, ImageError | ModelNotAvailable | EncodeError) and text:
+    if isinstance(error, ImageError | ModelNotAvailable | EncodeError | StorageError) and text:
         return text
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
@@ -128,13 +137,33 @@ def is_our_record(data: bytes, key: str) -> bool:
     return isinstance(result, dict) and result.get("key") == key
 
 
+# A stage that failed on a transient storage error (storage.is_transient: a dropped connection, a
+# timeout, a 503) runs again after these waits (seconds, +-50% jitter); any other failure fails the row
+STORAGE_RETRY_DELAYS = [2, 10, 30]
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Prefect's retry_condition_fn: retry only transient storage errors, never a user's bad input."""
+    error = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return isinstance(error, BaseException) and is_transient(error)
+
+
+def retry_options() -> dict:
+    return {
+        "retries": len(STORAGE_RETRY_DELAYS),
+        "retry_delay_seconds": STORAGE_RETRY_DELAYS,
+        "retry_jitter_factor": 0.5,
+        "retry_condition_fn": retry_transient,
+    }
+
+
 def _stage_options(name: str, key_of=None, ext: str | None = None) -> dict:
     """Cached stages persist a JSON result record under their key; the others persist nothing."""
     options = {
         "name": name,
         "task_run_name": f"{name}-{{job.video_id}}",
-        "retries": 0,
         "persist_result": False,
+        **retry_options(),
     }
     if key_of is not None:
         options.update(cache_key_fn=cached(key_of, ext), persist_result=True, result_serializer="json")
@@ -150,10 +179,9 @@ def source_stage(job: Job) -> dict:
     digest = sha256(data)
     key = artifact_key("source", image_sha256=digest, size=job.size)
     store = artifacts(job.cache_url)
-    if job.force or not store.has(key, "png"):
+    if job.force or not store.intact(key, "png"):
         image, fit = load_source(data, job.size, job.request.image)
-        store.put_json(key, fit)
-        store.put_file(key, "png", png_bytes(image))  # written last: the artifact's marker
+        store.put_file(key, "png", png_bytes(image), record={"fit": fit})
         COMPUTED["source"] += 1
     return {"key": key, "image_sha256": digest}
 
@@ -178,7 +206,7 @@ def caption_key(job: Job, source: dict) -> str:
 def caption_stage(job: Job, source: dict) -> dict:
     """BLIP caption of the fitted source image."""
     key, store = caption_key(job, source), artifacts(job.cache_url)
-    if job.force or not store.has(key, "json"):
+    if job.force or not store.intact(key, "json"):
         started = time.time()
         with device_lock(job.device):
             compute_start = time.perf_counter()
@@ -210,16 +238,33 @@ def invert_key(job: Job, source: dict, caption: dict) -> str:
 def invert_stage(job: Job, source: dict, caption: dict) -> dict:
     """Regularized DDIM inversion of the source: the inverted noise x_T."""
     key, store = invert_key(job, source, caption), artifacts(job.cache_url)
-    if job.force or not store.has(key, "safetensors"):
+    if job.force or not store.intact(key, "safetensors"):
         started = time.time()
         with device_lock(job.device):
             compute_start = time.perf_counter()
             sd = stable_diffusion(job)
             inverted = invert_source(sd, _source_image(job, source), caption["caption"], job.request.params)
-        store.put_json(key, timing(job, started, compute_start))
-        store.put_tensors(key, {"inverted_noise": inverted})
+        store.put_tensors(key, {"inverted_noise": inverted}, record=timing(job, started, compute_start))
         COMPUTED["invert"] += 1
     return {"key": key, **store.get_json(key)}
+
+
+def fitted_batches(job: Job, compute):
+    """`compute(params)` at the row's batch size (capped by the run's), halved on each CUDA out-of-memory
+    error down to 1 before the stage fails; returns (result, batch size used). The batch size never
+    changes the numbers, so it is recorded, not keyed."""
+    params = job.request.params
+    if job.batch_size is not None and job.batch_size < params.batch_size:
+        params = dataclasses.replace(params, batch_size=job.batch_size)
+    while True:
+        try:
+            return compute(params), params.batch_size
+        except torch.OutOfMemoryError:
+            if params.batch_size == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            params = dataclasses.replace(params, batch_size=params.batch_size // 2)
 
 
 # 4. key frames (and the source frame), one guided loop
@@ -246,7 +291,7 @@ def keyframes_key(job: Job, inverted: dict | None, caption: dict) -> str:
 def keyframes_stage(job: Job, inverted: dict | None, caption: dict) -> dict:
     """The reference pass and every key frame under cross-attention guidance."""
     key, store = keyframes_key(job, inverted, caption), artifacts(job.cache_url)
-    if job.force or not store.has(key, "safetensors"):
+    if job.force or not store.intact(key, "safetensors"):
         request = job.request
         started = time.time()
         with device_lock(job.device):
@@ -256,14 +301,17 @@ def keyframes_stage(job: Job, inverted: dict | None, caption: dict) -> dict:
                 noise = store.get_tensors(inverted["key"])["inverted_noise"]
             else:
                 noise = synthetic_noise(sd, request.params.seed)
-            rendered = render_keyframes(
-                sd, noise, caption["caption"], list(request.prompts), request.params, request.synthetic
+            rendered, batch = fitted_batches(
+                job,
+                lambda params: render_keyframes(
+                    sd, noise, caption["caption"], list(request.prompts), params, request.synthetic
+                ),
             )
-        store.put_json(
-            key, {**timing(job, started, compute_start), "truncated_prompts": rendered.truncated_prompts}
-        )
+        record = timing(job, started, compute_start)
         store.put_tensors(
-            key, {"source_latent": rendered.source_latent, "keyframe_latents": rendered.keyframe_latents}
+            key,
+            {"source_latent": rendered.source_latent, "keyframe_latents": rendered.keyframe_latents},
+            record={**record, "batch_size": batch, "truncated_prompts": rendered.truncated_prompts},
         )
         COMPUTED["keyframes"] += 1
     return {"key": key, **store.get_json(key)}
@@ -286,7 +334,7 @@ def _uint8(images: torch.Tensor) -> torch.Tensor:
 def frames_stage(job: Job, keyframes: dict) -> dict:
     """Spline frames between the anchors, decoded, with the decoded key frames (uint8 NHWC)."""
     key, store = frames_key(job, keyframes), artifacts(job.cache_url)
-    if job.force or not store.has(key, "safetensors"):
+    if job.force or not store.intact(key, "safetensors"):
         started = time.time()
         latents = store.get_tensors(keyframes["key"])
         with device_lock(job.device):
@@ -295,10 +343,15 @@ def frames_stage(job: Job, keyframes: dict) -> dict:
             rendered = Rendered(
                 latents["source_latent"].to(sd.device), latents["keyframe_latents"].to(sd.device)
             )
-            frames = _uint8(render_frames(sd, rendered, job.request.params))
-            keyframe_images = _uint8(decode_keyframes(sd, rendered, job.request.params))
-        store.put_json(key, timing(job, started, compute_start))
-        store.put_tensors(key, {"frames": frames, "keyframes": keyframe_images})
+            (frames, keyframe_images), batch = fitted_batches(
+                job,
+                lambda params: (
+                    _uint8(render_frames(sd, rendered, params)),
+                    _uint8(decode_keyframes(sd, rendered, params)),
+                ),
+            )
+        record = {**timing(job, started, compute_start), "batch_size": batch}
+        store.put_tensors(key, {"frames": frames, "keyframes": keyframe_images}, record=record)
         COMPUTED["frames"] += 1
     return {"key": key, **store.get_json(key)}
 
@@ -321,10 +374,9 @@ def encode_key(job: Job, frames: dict) -> str:
 def encode_stage(job: Job, frames: dict) -> dict:
     """H.264 MP4 of the frames."""
     key, store = encode_key(job, frames), artifacts(job.cache_url)
-    if job.force or not store.has(key, "mp4"):
+    if job.force or not store.intact(key, "mp4"):
         started, compute_start = time.time(), time.perf_counter()
         video = mp4_bytes(frame_images(job, frames)[0], fps=job.request.params.fps)
-        store.put_json(key, timing(job, started, compute_start, on_device=False))
-        store.put_file(key, "mp4", video)
+        store.put_file(key, "mp4", video, record=timing(job, started, compute_start, on_device=False))
         COMPUTED["encode"] += 1
     return {"key": key, **store.get_json(key)}

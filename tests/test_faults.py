@@ -1,0 +1,318 @@
+"""A full disk and what killed runs leave behind: one line and no temporary files; leftovers cleaned."""
+
+import errno
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from prefect.testing.utilities import prefect_test_harness
+from safetensors.torch import load_file
+
+from stillmotion import single, storage
+from stillmotion.cli import main
+from stillmotion.flows import batch_flow
+from stillmotion.models import ImageError
+from stillmotion.storage import StorageError, is_transient
+from stillmotion.tasks import COMPUTED, stages
+
+FAST = {"steps": 3, "keyframes": 2, "frames": 2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def manifest(path: Path, ids: list[str]) -> str:
+    table = pa.table(
+        {
+            "video_id": ids,
+            "source_prompt": ["a red car"] * len(ids),
+            "prompts": [["a blue car"]] * len(ids),
+            **{name: [value] * len(ids) for name, value in FAST.items()},
+        }
+    )
+    pq.write_table(table, path)
+    return str(path)
+
+
+class Disk:
+    """Our local writes on a disk of `free` bytes: past it a write stores what fits and raises ENOSPC."""
+
+    def __init__(self, free: float) -> None:
+        self.free, self.written = free, 0
+
+    def open(self, path, mode="r", *args, **kwargs):
+        handle = open(path, mode, *args, **kwargs)
+        if "w" not in mode:
+            return handle
+        disk, write = self, handle.write
+
+        def limited(data) -> int:
+            fits = int(max(0, min(len(data), disk.free - disk.written)))
+            write(data[:fits])
+            disk.written += fits
+            if fits < len(data):
+                handle.flush()
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+            return fits
+
+        handle.write = limited
+        return handle
+
+
+def temporaries(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.startswith(storage.TEMPORARY_PREFIX)]
+
+
+def test_a_full_disk_is_one_line_leaves_no_temporary_files_and_the_rerun_completes(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    rows = manifest(tmp_path / "m.parquet", ["a", "b"])
+    args = ["--model", str(tiny_model_dir), "--no-progress"]
+    measured = Disk(float("inf"))
+    monkeypatch.setattr(storage, "open", measured.open, raising=False)
+    assert main(["run", rows, "--output", str(tmp_path / "measure"), *args]) == 0
+
+    output = tmp_path / "out"
+    monkeypatch.setattr(storage, "open", Disk(measured.written // 2).open, raising=False)
+    capsys.readouterr()
+    assert main(["run", rows, "--output", str(output), *args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    assert "results.parquet" in err[-1] and "No space left on device" in err[-1]
+    assert temporaries(output) == []
+    assert [p for p in (output / ".staging").rglob("*") if p.is_file()] == []  # no partial video folder
+
+    monkeypatch.undo()  # space freed
+    assert main(["run", rows, "--output", str(output), *args]) == 0
+    assert [r["status"] for r in pq.read_table(output / "results.parquet").to_pylist()] == ["ok", "ok"]
+
+
+def test_leftovers_of_killed_runs_are_cleaned_and_live_ones_kept(tiny_model_dir, tmp_path):
+    rows = manifest(tmp_path / "m.parquet", ["v"])
+    output = tmp_path / "out"
+    batch_flow(rows, str(output), model=str(tiny_model_dir))
+    host, dead, live = socket.gethostname(), 999_999_999, os.getpid()
+    frames = next((output / ".cache" / "artifacts").glob("frames"))
+    results_tmp = Path(tempfile.gettempdir())
+    made = {
+        "dead temporary": output / f".tmp-aaaa.{dead}.{host}",
+        "dead artifact temporary": frames / f".tmp-bbbb.{dead}.{host}",
+        "dead staging": output / ".staging" / "v" / f"cccc.{dead}.{host}",
+        "dead results folder": results_tmp / f"stillmotion-results-dddd.{dead}.{host}",
+        "old temporary of another machine": output / ".logs" / ".tmp-eeee.1.elsewhere",
+    }
+    kept = {
+        "live temporary": output / f".tmp-ffff.{live}.{host}",
+        "live staging": output / ".staging" / "w" / f"gggg.{live}.{host}",
+        "new temporary of another machine": frames / ".tmp-hhhh.1.elsewhere",
+    }
+    for name, path in {**made, **kept}.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir() if "staging" in name or "folder" in name else path.write_bytes(b"x" * 100)
+    old = time.time() - 2 * storage.ABANDONED_AFTER_S
+    os.utime(made["old temporary of another machine"], (old, old))
+
+    (output / "v" / "metadata.json").unlink()
+    assert batch_flow(rows, str(output), model=str(tiny_model_dir))["done"] == 1
+    assert [name for name, path in made.items() if path.exists()] == []
+    assert [name for name, path in kept.items() if not path.exists()] == []
+    assert not (output / ".staging" / "v").exists()  # emptied, then removed
+    for path in kept.values():
+        path.rmdir() if path.is_dir() else path.unlink()
+
+
+@pytest.fixture
+def no_retry_waits():
+    saved = list(stages.STORAGE_RETRY_DELAYS)
+    stages.STORAGE_RETRY_DELAYS[:] = [0] * len(saved)  # the tasks hold this list: same retries, no wait
+    yield len(saved)
+    stages.STORAGE_RETRY_DELAYS[:] = saved
+
+
+def unavailable(url: str) -> OSError:
+    return OSError(errno.EBUSY, "Service Unavailable")  # what s3fs raises for a 503 / SlowDown
+
+
+def test_a_storage_error_reading_an_image_names_the_file(monkeypatch):
+    def failing_open(url, *args, **kwargs):
+        raise unavailable(url)
+
+    monkeypatch.setattr(single.fsspec, "open", failing_open)
+    with pytest.raises(StorageError) as caught:
+        single.read_bytes("s3://bucket/images/cat.png")
+    assert str(caught.value) == "cannot read image s3://bucket/images/cat.png: Service Unavailable"
+    assert is_transient(caught.value)
+    assert not is_transient(ImageError("image not found: x.png"))
+    assert not is_transient(OSError(errno.ENOSPC, "No space left on device"))
+    assert not is_transient(FileNotFoundError(errno.ENOENT, "gone"))
+
+
+def test_transient_storage_errors_are_retried_and_bad_input_is_not(
+    tiny_model_dir, tmp_path, monkeypatch, no_retry_waits
+):
+    images = tmp_path / "images"
+    images.mkdir()
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(
+        images / "a.png"
+    )
+    rows = images / "m.parquet"
+    common = {"caption": "a photo", "prompts": ["a dog"], **FAST}
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {"video_id": "flaky", "image": "a.png", **common},
+                {"video_id": "missing", "image": "nope.png", **common},
+                {"video_id": "down", "image": "down.png", **common},
+            ]
+        ),
+        rows,
+    )
+    (images / "down.png").write_bytes((images / "a.png").read_bytes())
+    real_write, failures = storage.Store.write_bytes, Counter()
+
+    def flaky_write(self, relative, data):
+        if relative.startswith("keyframes/") and failures["keyframes"] < 2:
+            failures["keyframes"] += 1
+            raise unavailable(relative)
+        return real_write(self, relative, data)
+
+    real_read, reads = stages.read_bytes, Counter()
+
+    def counted_read(url, *args, **kwargs):
+        reads[Path(url).name] += 1
+        if Path(url).name == "down.png":
+            raise StorageError(errno.EBUSY, f"cannot read image {url}: Service Unavailable")
+        return real_read(url, *args, **kwargs)
+
+    monkeypatch.setattr(storage.Store, "write_bytes", flaky_write)
+    monkeypatch.setattr(stages, "read_bytes", counted_read)
+    before = COMPUTED.copy()
+    batch_flow(str(rows), str(tmp_path / "out"), model=str(tiny_model_dir), in_flight=1)
+    table = {r["video_id"]: r for r in pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()}
+    assert table["flaky"]["status"] == "ok" and failures["keyframes"] == 2
+    assert (COMPUTED - before)["keyframes"] == 1  # the flaky write was retried, the others cached
+    assert table["missing"]["status"] == "failed" and reads["nope.png"] == 1  # bad input: no retry
+    assert table["down"]["status"] == "failed" and reads["down.png"] == 1 + no_retry_waits
+    assert table["down"]["error"].endswith("down.png: Service Unavailable")
+
+
+def test_cuda_out_of_memory_halves_the_batch_which_stays_out_of_the_keys(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    rows, output = manifest(tmp_path / "m.parquet", ["v"]), tmp_path / "out"
+    real, tried = stages.render_keyframes, []
+
+    def small_gpu(sd, noise, caption, prompts, params, synthetic):
+        tried.append(params.batch_size)
+        if params.batch_size > 2:  # only two key frames at a time fit
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(sd, noise, caption, prompts, params, synthetic)
+
+    monkeypatch.setattr(stages, "render_keyframes", small_gpu)
+    assert batch_flow(rows, str(output), model=str(tiny_model_dir))["done"] == 1
+    assert tried == [8, 4, 2]  # the row's batch (8), halved until it fit
+    metadata = json.loads((output / "v" / "metadata.json").read_text())
+    assert metadata["computed_with"]["keyframes"]["batch_size"] == 2
+
+    # the same key frames at a batch of 1 (--batch-size): same numbers, so the same (cached) artifact
+    shutil.rmtree(output / "v")
+    before, tried[:] = COMPUTED.copy(), []
+    assert batch_flow(rows, str(output), model=str(tiny_model_dir), batch_size=1)["done"] == 1
+    assert COMPUTED == before and tried == []
+    fresh = tmp_path / "fresh"
+    batch_flow(rows, str(fresh), model=str(tiny_model_dir), batch_size=1)
+    assert tried == [1]
+    (cached,) = (output / ".cache" / "artifacts" / "keyframes").glob("*.safetensors")
+    (recomputed,) = (fresh / ".cache" / "artifacts" / "keyframes").glob("*.safetensors")
+    assert cached.name == recomputed.name
+    torch.testing.assert_close(load_file(recomputed), load_file(cached), atol=1e-4, rtol=0)
+
+    # out of memory at a batch of 1: the row fails with the reason
+    monkeypatch.setattr(
+        stages,
+        "render_keyframes",
+        lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")),
+    )
+    shutil.rmtree(fresh)
+    summary = batch_flow(rows, str(fresh), model=str(tiny_model_dir), batch_size=1)
+    assert summary["failed"] == 1 and "out of memory" in summary["failures"][0]["error"]
+
+
+def test_a_lease_is_one_live_processes_and_a_dead_holders_is_taken(tmp_path):
+    for url in (str(tmp_path / "out"), "memory://lease-test"):
+        store = storage.OutputStore(url)
+        assert store.take_lease("a") and not store.take_lease("a")  # held by a live process (this one)
+        store.release_lease("a")
+        assert store.take_lease("a")
+        store.release_lease("a")
+    store = storage.OutputStore(str(tmp_path / "out"))
+    (tmp_path / "out" / ".leases" / "b").write_text(f"dead.999999999.{socket.gethostname()}")
+    assert store.take_lease("b")  # its holder is gone
+
+
+def test_two_runs_on_one_output_split_the_work(tiny_model_dir, tmp_path, monkeypatch):
+    import subprocess
+    import threading
+
+    monkeypatch.setattr("stillmotion.flows.batch.LEASE_POLL_S", 0.2)
+    rows, model = manifest(tmp_path / "m.parquet", ["a", "b", "c"]), str(tiny_model_dir)
+    reference, output = tmp_path / "reference", tmp_path / "out"
+    batch_flow(rows, str(reference), model=model)  # what the other run makes of "c"
+    # another run, alive, holds rows a and c
+    holders = {name: subprocess.Popen(["sleep", "120"]) for name in ("a", "c")}
+    (output / ".leases").mkdir(parents=True)
+    for name, holder in holders.items():
+        (output / ".leases" / name).write_text(f"other.{holder.pid}.{socket.gethostname()}")
+    before, summary = COMPUTED.copy(), {}
+    run = threading.Thread(target=lambda: summary.update(batch_flow(rows, str(output), model=model)))
+    run.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not (output / "b" / "metadata.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+        assert run.is_alive() and not (output / "a").exists()  # b made; a and c left to their holder
+        shutil.copytree(reference / "c", output / ".c-copy")
+        os.replace(output / ".c-copy", output / "c")  # the other run publishes c ...
+        holders["a"].kill()  # ... and dies before making a
+        holders["a"].wait()
+        run.join(timeout=120)
+    finally:
+        for holder in holders.values():
+            holder.kill()
+    assert not run.is_alive()
+    assert (summary["done"], summary["cached"], summary["failed"]) == (2, 1, 0)
+    assert (COMPUTED - before)["keyframes"] == 2  # a and b here; c by the other run, never twice
+    table = {r["video_id"]: r for r in pq.read_table(output / "results.parquet").to_pylist()}
+    assert [table[v]["cached"] for v in "abc"] == [False, False, True]
+    assert sorted(p.name for p in (output / ".leases").iterdir()) == ["c"]  # only the live holder's
+
+
+def test_failed_rows_are_listed_on_the_terminal(tiny_model_dir, tmp_path, capsys):
+    rows = tmp_path / "m.parquet"
+    common = {"prompts": ["a blue car"], "source_prompt": "a red car", **FAST}
+    pq.write_table(
+        pa.Table.from_pylist([{"video_id": "ok", **common}, {"video_id": "bad id", **common}]), rows
+    )
+    output = tmp_path / "out"
+    assert (
+        main(["run", str(rows), "--output", str(output), "--model", str(tiny_model_dir), "--no-progress"])
+        == 3
+    )
+    err = capsys.readouterr().err
+    assert "failed: 'bad id' (row 1): video_id:" in err
+    assert "1 failed rows: see" in err and ".logs/" not in err  # a manifest error writes no log
