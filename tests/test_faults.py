@@ -4,7 +4,6 @@ import errno
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 from collections import Counter
@@ -105,7 +104,7 @@ def test_leftovers_of_killed_runs_are_cleaned_and_live_ones_kept(tiny_model_dir,
     rows = manifest(tmp_path / "m.parquet", ["v"])
     output = tmp_path / "out"
     batch_flow(rows, str(output), model=str(tiny_model_dir))
-    host, dead, live = socket.gethostname(), 999_999_999, os.getpid()
+    host, dead, live = storage.machine_id(), 999_999_999, os.getpid()
     frames = next((output / ".cache" / "artifacts").glob("frames"))
     results_tmp = Path(tempfile.gettempdir())
     made = {
@@ -260,8 +259,13 @@ def test_a_lease_is_one_live_processes_and_a_dead_holders_is_taken(tmp_path):
         assert store.take_lease("a")
         store.release_lease("a")
     store = storage.OutputStore(str(tmp_path / "out"))
-    (tmp_path / "out" / ".leases" / "b").write_text(f"dead.999999999.{socket.gethostname()}")
+    (tmp_path / "out" / ".leases" / "b").write_text(f"dead.999999999.{storage.machine_id()}")
     assert store.take_lease("b")  # its holder is gone
+    storage._HELD_LEASES.clear()  # what an interrupted call in this process leaves: a lease naming us
+    assert store.take_lease("b")  # ... that a later call here takes back rather than wait on itself
+    (tmp_path / "out" / ".leases" / "b").write_text(f"other.{os.getppid()}.{storage.machine_id()}")
+    store.release_lease("b")  # taken over by another process meanwhile: never deleted by us
+    assert (tmp_path / "out" / ".leases" / "b").exists()
 
 
 def test_two_runs_on_one_output_split_the_work(tiny_model_dir, tmp_path, monkeypatch):
@@ -276,7 +280,7 @@ def test_two_runs_on_one_output_split_the_work(tiny_model_dir, tmp_path, monkeyp
     holders = {name: subprocess.Popen(["sleep", "120"]) for name in ("a", "c")}
     (output / ".leases").mkdir(parents=True)
     for name, holder in holders.items():
-        (output / ".leases" / name).write_text(f"other.{holder.pid}.{socket.gethostname()}")
+        (output / ".leases" / name).write_text(f"other.{holder.pid}.{storage.machine_id()}")
     before, summary = COMPUTED.copy(), {}
     run = threading.Thread(target=lambda: summary.update(batch_flow(rows, str(output), model=model)))
     run.start()
@@ -316,3 +320,42 @@ def test_failed_rows_are_listed_on_the_terminal(tiny_model_dir, tmp_path, capsys
     err = capsys.readouterr().err
     assert "failed: 'bad id' (row 1): video_id:" in err
     assert "1 failed rows: see" in err and ".logs/" not in err  # a manifest error writes no log
+
+
+def test_the_embedded_server_start_is_retried_and_a_lost_port_is_not_taken_for_ours(monkeypatch):
+    import subprocess
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from stillmotion.cli import signals
+
+    base, detached = signals._detached_server_class()
+    assert 0 < detached().find_available_port() < 65536 and base._instances.pop(None, None)
+    attempts = []
+
+    def start(self, timeout=None):  # 1: answered by another server, ours exited; 2: timed out; 3: up
+        attempts.append(self.port)
+        if len(attempts) == 1:
+            self.server_process = subprocess.Popen(["true"])
+            self.server_process.wait()
+        elif len(attempts) == 2:
+            raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
+        else:
+            self.server_process = subprocess.Popen(["sleep", "30"])
+
+    monkeypatch.setattr(base, "start", start)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        server = signals.start_detached_server()
+        try:
+            assert len(attempts) == 3 and server.server_process.poll() is None
+        finally:
+            signals.stop_server(server)
+        assert None not in base._instances
+
+        attempts.clear()
+        monkeypatch.setattr(
+            base, "start", lambda self, timeout=None: (_ for _ in ()).throw(RuntimeError("boom"))
+        )
+        with pytest.raises(signals.ServerStartError, match=r"\(3 tries\): boom; set PREFECT_API_URL"):
+            signals.start_detached_server()
+        assert None not in base._instances

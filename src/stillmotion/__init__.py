@@ -2,5 +2,6 @@
 
 __version__ = "0.1.0"
 
-# Bump when the numbers an algorithm produces change: it is part of every artifact's cache key.
-ALGORITHM_VERSION = "sm-2"
+# Bump when the numbers an algorithm produces (or the artifacts' format) change: it is part of every
+# artifact's cache key. sm-3: sidecars hold the sha256 of their data, checked on read
+ALGORITHM_VERSION = "sm-3"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -34,6 +35,8 @@ from .outputs import METADATA, metadata_bytes, sha256
 STORAGE_OPTIONS_ENV = "STILLMOTION_STORAGE_OPTIONS"
 TEMPORARY_PREFIX = ".tmp-"  # a local file being written; renamed into place when whole
 LEASES = ".leases"  # one file per row being made, naming the process making it
+_HELD_LEASES: dict[str, str] = {}  # lease URL -> this process's tag in it
+CONCURRENT_WRITE_S = 0.2  # how long a reader waits before calling a mismatch damage
 ABANDONED_AFTER_S = 3600  # a temporary file or staging folder of another machine, untouched this long
 
 
@@ -98,16 +101,27 @@ class StorageError(OSError):
         return self.strerror or super().__str__()
 
 
+@functools.cache
+def machine_id() -> str:
+    """Where a pid means one process: the host name and, on Linux, the pid namespace (containers that
+    share a host name do not share pids)."""
+    try:
+        namespace = f"~{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}{namespace}"
+
+
 def owner_tag() -> str:
-    """`{token}.{pid}.{host}`: names a temporary file or staging folder after the process writing it."""
-    return f"{uuid.uuid4().hex[:8]}.{os.getpid()}.{socket.gethostname()}"
+    """`{token}.{pid}.{machine}`: names a temporary file, staging folder or lease after its process."""
+    return f"{uuid.uuid4().hex[:8]}.{os.getpid()}.{machine_id()}"
 
 
 def abandoned(name: str, mtime: float) -> bool:
     """Whether what a process named with `owner_tag` (under any prefix) is provably left behind: its
     process, on this machine, is gone; or it is another machine's and untouched for ABANDONED_AFTER_S."""
     parts = name.split(".", 2)
-    if len(parts) == 3 and parts[1].isdigit() and parts[2] == socket.gethostname():
+    if len(parts) == 3 and parts[1].isdigit() and parts[2] == machine_id():
         return not _alive(int(parts[1]))
     return time.time() - mtime > ABANDONED_AFTER_S
 
@@ -237,6 +251,16 @@ def replace_folder(staged: str, final: str) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
+def _error_code(error: BaseException) -> str | None:
+    """The S3 error code behind an error s3fs translated (botocore's ClientError is its cause)."""
+    while error is not None:
+        response = getattr(error, "response", None)
+        if isinstance(response, dict):
+            return str(response.get("Error", {}).get("Code"))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _mtime(info: dict) -> float:
     """A file's modification time from fsspec's info (a number locally, a datetime on object stores)."""
     value = info.get("mtime", info.get("LastModified", info.get("created", 0)))
@@ -316,7 +340,13 @@ class ArtifactStore(Store):
         except FileNotFoundError:
             raise self._damaged(key, ext, "its data is missing") from None
         if record.get("sha256") != sha256(data):
-            raise self._damaged(key, ext, f"its data does not match its sha256 ({len(data)} bytes)")
+            # a concurrent write of the same artifact puts its record down before its data: read both
+            # again once; damage is what still disagrees with an unchanged record
+            time.sleep(CONCURRENT_WRITE_S)
+            again = self.read_json(f"{key}.json") if self.exists(f"{key}.json") else {}
+            data = self.read_bytes(f"{key}.{ext}") if self.exists(f"{key}.{ext}") else b""
+            if again.get("sha256") != sha256(data):
+                raise self._damaged(key, ext, f"its data does not match its sha256 ({len(data)} bytes)")
         return data
 
     def get_tensors(self, key: str) -> dict[str, torch.Tensor]:
@@ -382,21 +412,43 @@ class OutputStore(Store):
         name, owner = f"{LEASES}/{video_id}", owner_tag()
         for _ in range(2):
             if self._create_exclusive(name, owner.encode()):
+                if self._lease_holder(name) != owner:  # a store that ignored the exclusive write
+                    return False
+                _HELD_LEASES[self.url_of(name)] = owner
                 return True
-            try:
-                holder = self.read_bytes(name).decode(errors="replace").strip()
-                mtime = _mtime(self.fs.info(self.path(name)))
-            except FileNotFoundError:  # released meanwhile: try again
+            holder = self._lease_holder(name)
+            if holder is None:  # released meanwhile: try again
                 continue
-            if not abandoned(holder, mtime):
+            try:
+                mtime = _mtime(self.fs.info(self.path(name)))
+            except FileNotFoundError:
+                continue
+            if not (abandoned(holder, mtime) or self._leaked_here(name, holder)):
                 return False
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm_file(self.path(name))
+            if self._lease_holder(name) == holder:  # still the one found gone, not a newer claim
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(self.path(name))
         return False
 
     def release_lease(self, video_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.rm_file(self.path(f"{LEASES}/{video_id}"))
+        """Give a row back; only this process's own lease is deleted (never one taken over since)."""
+        name = f"{LEASES}/{video_id}"
+        owner = _HELD_LEASES.pop(self.url_of(name), None)
+        if owner is not None and self._lease_holder(name) == owner:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(self.path(name))
+
+    def _lease_holder(self, name: str) -> str | None:
+        try:
+            return self.read_bytes(name).decode(errors="replace").strip()
+        except FileNotFoundError:
+            return None
+
+    def _leaked_here(self, name: str, holder: str) -> bool:
+        """A lease naming this very process that it no longer holds (left by an interrupted call)."""
+        parts = holder.split(".", 2)
+        mine = len(parts) == 3 and parts[1] == str(os.getpid()) and parts[2] == machine_id()
+        return mine and _HELD_LEASES.get(self.url_of(name)) != holder
 
     def _create_exclusive(self, relative: str, data: bytes) -> bool:
         target = self.path(relative)
@@ -406,8 +458,13 @@ class OutputStore(Store):
                 descriptor = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 return False
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(data)
+            try:
+                with os.fdopen(descriptor, "wb") as handle:
+                    handle.write(data)
+            except BaseException:  # a full disk: no empty lease left to block the row
+                with contextlib.suppress(OSError):
+                    os.unlink(target)
+                raise
             return True
         try:
             self.fs.pipe_file(target, data, mode="create")
@@ -418,7 +475,7 @@ class OutputStore(Store):
                 return False
             self.fs.pipe_file(target, data)
         except OSError as error:  # S3: 412 PreconditionFailed, or 409 for a concurrent conditional write
-            if "Precondition" in str(error) or "409" in str(error) or "412" in str(error):
+            if _error_code(error) in {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}:
                 return False
             raise
         return True

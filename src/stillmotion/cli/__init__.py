@@ -37,6 +37,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from ..models import DeviceNotAvailable, ImageError, ModelNotAvailable
     from ..storage import OutputError
     from ..video import EncodeError
+    from .signals import ServerStartError
 
     return (
         ImageError,
@@ -46,6 +47,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         EncodeError,
         ManifestError,
         RunError,
+        ServerStartError,
         FileNotFoundError,
         PermissionError,
     )

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Any, NoReturn
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -160,10 +162,25 @@ class _SubprocessInOwnSession:
         return subprocess.Popen(*args, **kwargs)
 
 
+SERVER_START_TRIES = 3
+SERVER_SETTLE_S = 0.5  # after the health check: a server that lost its port exits within this
+
+
+class ServerStartError(RuntimeError):
+    """The embedded Prefect server would not start: the run stops with one line (exit 1)."""
+
+
 def _detached_server_class():
     from prefect.server.api import server as server_module
 
     class DetachedSubprocessASGIServer(server_module.SubprocessASGIServer):
+        def find_available_port(self) -> int:
+            # a port the OS hands out (never to two sockets at once), not a random pick from 8000-8999
+            # that a second process can make at the same moment
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.bind(("127.0.0.1", 0))
+                return probe.getsockname()[1]
+
         def _run_uvicorn_command(self) -> subprocess.Popen:
             real = server_module.subprocess
             server_module.subprocess = _SubprocessInOwnSession(_death_signal_setter())
@@ -187,19 +204,32 @@ def start_detached_server():
     base, detached = _detached_server_class()
     if None in base._instances:  # Prefect's default instance exists already: leave it alone
         return None
-    server = detached()  # registered as Prefect's default instance (port None), which get_client reuses
-    server.start()
-    return server
+    reason = ""
+    for _ in range(SERVER_START_TRIES):  # a start-up error (a port taken meanwhile, a timeout) is retried
+        server = detached()  # registered as Prefect's default instance (port None), which get_client reuses
+        try:
+            server.start()
+            time.sleep(SERVER_SETTLE_S)
+            if server.server_process is not None and server.server_process.poll() is None:
+                return server
+            # the health check was answered by another process's server on that port, and ours exited
+            reason = "its process exited after start-up (its port was taken)"
+        except Exception as error:  # noqa: BLE001 - Prefect's start-up timeout or an HTTP error
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        stop_server(server)  # also forgets the instance, so the next try is a new server on a new port
+    raise ServerStartError(
+        f"cannot start Prefect's embedded server ({SERVER_START_TRIES} tries): {reason}; "
+        "set PREFECT_API_URL to use a running Prefect server"
+    )
 
 
 def stop_server(server, timeout: float = 5.0) -> None:
     """Stop the embedded server (SIGTERM, then SIGKILL after `timeout` s) and wait for it."""
     process = getattr(server, "server_process", None)
-    if process is None:
-        return
     try:
-        process.terminate()
-        process.wait(timeout=timeout)
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()

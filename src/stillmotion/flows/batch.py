@@ -149,7 +149,7 @@ def _close_span(key: str) -> None:
 
 
 LEASE_POLL_S = 2.0  # how often a run looks again at rows another run is making
-REPAIR_ROUNDS = 2  # resubmissions of a row whose chain met a damaged artifact (deleted when found)
+REPAIR_ROUNDS = 3  # resubmissions of a row whose chain met a damaged artifact (deleted when found)
 
 
 def _found_damage(futures: list[PrefectFuture]) -> bool:
@@ -224,7 +224,7 @@ def chunk_flow(span: str, first_row: int, rows: int) -> None:
             if not s.outputs.take_lease(row.video_id):
                 elsewhere.append((row, job))
                 continue
-            if s.outputs.is_complete(row.video_id):  # made by another run since it was looked up
+            if not job.force and s.outputs.is_complete(row.video_id):  # made by another run meanwhile
                 s.outputs.release_lease(row.video_id)
                 s.add_complete(row)
                 continue
@@ -233,6 +233,14 @@ def chunk_flow(span: str, first_row: int, rows: int) -> None:
                 _finish(s, runner, *pending.popleft())
         return elsewhere
 
+    try:
+        _run_span(s, runner, pending, start)
+    finally:  # an interrupt or an error: the rows not finished are given back at once
+        for row, *_ in pending:
+            s.outputs.release_lease(row.video_id)
+
+
+def _run_span(s: _Span, runner, pending: deque, start) -> None:
     elsewhere = start(s.work)
     while True:
         while pending:
@@ -240,7 +248,7 @@ def chunk_flow(span: str, first_row: int, rows: int) -> None:
         # rows another run holds: recorded once it has made them, made here if it let go (failed, died)
         waiting = []
         for row, job in elsewhere:
-            if s.outputs.is_complete(row.video_id):
+            if s.outputs.is_complete(row.video_id):  # made by the run that held it (even under --force)
                 s.add_complete(row)
             else:
                 waiting.append((row, job))

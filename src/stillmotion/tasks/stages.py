@@ -259,12 +259,22 @@ def fitted_batches(job: Job, compute):
     while True:
         try:
             return compute(params), params.batch_size
-        except torch.OutOfMemoryError:
-            if params.batch_size == 1:
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+            if not _out_of_memory(error) or params.batch_size == 1:
                 raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            params = dataclasses.replace(params, batch_size=params.batch_size // 2)
+        # out of the except block, so the failed attempt's tensors (held by its traceback) can be freed
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        params = dataclasses.replace(params, batch_size=params.batch_size // 2)
+
+
+def _out_of_memory(error: BaseException | None) -> bool:
+    """A CUDA out-of-memory error, also when torch.compile wrapped it (BackendCompilerFailed)."""
+    while error is not None:
+        if isinstance(error, torch.OutOfMemoryError):
+            return True
+        error = error.__cause__
+    return False
 
 
 # 4. key frames (and the source frame), one guided loop
