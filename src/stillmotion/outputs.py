@@ -60,6 +60,7 @@ def video_metadata(
     fit: dict | None,
     timings: dict[str, float],
     truncated_prompts: list[str],
+    param_sources: dict[str, str] | None = None,
 ) -> dict:
     """metadata.json of one video (DESIGN section 5); content hashes are added when it is written."""
     params = request.params
@@ -74,6 +75,7 @@ def video_metadata(
         "prompts": list(request.prompts),
         "seed": params.seed,
         "params": params.to_dict(),
+        "params_from": param_sources or {},  # model-specific values: "given", or whose default
         "xa_guidance_used": params.guidance_for(request.synthetic),
         "model": {**model, "captioner": captioner},
         "device": device,

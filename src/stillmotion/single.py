@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import PIL.Image
 from .models import (
     ImageError,
     MethodParams,
+    ModelDefaults,
     StableDiffusion,
     caption_image,
     decode_keyframes,
@@ -80,12 +82,19 @@ def load_source(data: bytes, size: int, name: str | None = None) -> tuple[PIL.Im
     return image, fit.to_dict()
 
 
+def resolved(request: VideoRequest, defaults: ModelDefaults) -> tuple[VideoRequest, dict[str, str]]:
+    """The request with the model's defaults filled in where nothing was given (MethodParams.resolve)."""
+    params, sources = request.params.resolve(defaults, request.synthetic)
+    return dataclasses.replace(request, params=params), sources
+
+
 def generate_video(
     sd: StableDiffusion, request: VideoRequest, progress: Progress | None = None
 ) -> tuple[dict[str, bytes], dict]:
     """Run the whole method for one request; returns (files, metadata) ready to be written."""
     timings: dict[str, float] = {}
     report = progress or (lambda stage, done, total: None)
+    request, sources = resolved(request, ModelDefaults.of_folder(sd.path) if sd.path else ModelDefaults())
     params = request.params
 
     def step(stage: str):
@@ -149,5 +158,6 @@ def generate_video(
         fit=fit,
         timings=timings,
         truncated_prompts=rendered.truncated_prompts,
+        param_sources=sources,
     )
     return files, metadata

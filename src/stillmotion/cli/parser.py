@@ -132,13 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--xa-guidance",
         type=_non_negative_float,
-        help="cross-attention guidance step (0.1 real, 0.15 synthetic)",
+        help="cross-attention guidance step (default: the model's stillmotion.json, else pix2pix-zero's "
+        "0.1 real, 0.15 synthetic)",
     )
     gen.add_argument(
         "--cfg-scale",
         type=_non_negative_float,
-        default=5.0,
-        help="classifier-free guidance scale, >= 1 (5.0; 1 turns it off, as in pix2pix-zero)",
+        default=None,
+        help="classifier-free guidance scale, >= 1; 1 turns it off, as in pix2pix-zero (default: the "
+        "model's stillmotion.json, else 5.0)",
     )
     gen.add_argument(
         "--batch-size", type=_positive("--batch-size"), default=8, help="key frames per UNet batch (8)"

@@ -31,6 +31,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from ..manifests import iter_manifest, manifest_summary
 from ..manifests.schema import RESULTS_FILE
 from ..models.loading import inspect_model, resolve_device
+from ..single import resolved
 from ..storage import ArtifactStore, DamagedArtifact, OutputStore, configure_storage
 from ..tasks import (
     Job,
@@ -377,9 +378,11 @@ def batch_flow(
 
 
 def _job(row, info, outputs, cache_url, device, dtype, force, channels_last, compile_unet, batch_size) -> Job:
+    request, sources = resolved(row.request, info.defaults)  # the model's defaults where none was given
     return Job(
         video_id=row.video_id,
-        request=row.request,
+        request=request,
+        param_sources=sources,
         output_url=outputs.url,
         cache_url=cache_url,
         model=info.model_id,

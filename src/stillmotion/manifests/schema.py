@@ -30,6 +30,7 @@ MANIFEST_COLUMNS: dict[str, pa.DataType] = {
     "seed": pa.int64(),
     "steps": pa.int64(),
     "xa_guidance": pa.float64(),
+    "cfg_scale": pa.float64(),
     "curve": pa.string(),
     "batch_size": pa.int64(),  # key frames per UNet batch: memory, never the numbers (capped by --batch-size)
 }
@@ -37,7 +38,7 @@ MANIFEST_SCHEMA = pa.schema([pa.field(name, kind) for name, kind in MANIFEST_COL
 REQUIRED_COLUMNS = ("video_id", "prompts")
 SOURCE_COLUMNS = ("image", "source_prompt")  # a manifest needs at least one; a row exactly one
 INT_COLUMNS = ("keyframes", "frames", "fps", "seed", "steps", "batch_size")
-FLOAT_COLUMNS = ("xa_guidance",)
+FLOAT_COLUMNS = ("xa_guidance", "cfg_scale")
 
 
 class ManifestError(ValueError):

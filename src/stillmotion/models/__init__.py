@@ -26,7 +26,7 @@ from .method import (
     render_keyframes,
     synthetic_noise,
 )
-from .params import MethodParams
+from .params import MethodParams, ModelDefaults
 
 __all__ = [
     "Captioner",
@@ -34,6 +34,7 @@ __all__ = [
     "Fit",
     "ImageError",
     "MethodParams",
+    "ModelDefaults",
     "ModelNotAvailable",
     "Rendered",
     "StableDiffusion",

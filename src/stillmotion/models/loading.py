@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from .params import ModelDefaults
+
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 
@@ -129,6 +131,7 @@ class ModelInfo:
     revision: str
     path: str
     image_size: int  # pixels: unet sample_size x VAE scale factor
+    defaults: ModelDefaults = ModelDefaults()  # the method values that travel with the model
 
 
 def inspect_model(model: str | None = None) -> ModelInfo:
@@ -140,9 +143,12 @@ def inspect_model(model: str | None = None) -> ModelInfo:
         vae = json.loads((path / "vae" / "config.json").read_text())
     except FileNotFoundError as error:
         raise ModelNotAvailable(f"model folder {path} is not a Stable Diffusion model: {error}") from None
-    return ModelInfo(
-        model, revision, str(path), unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
-    )
+    try:
+        defaults = ModelDefaults.of_folder(path)
+    except ValueError as error:
+        raise ModelNotAvailable(str(error)) from None
+    size = unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+    return ModelInfo(model, revision, str(path), size, defaults)
 
 
 def captioner_identity(sd_path: Path | str | None) -> tuple[str, Path, str]:

@@ -86,7 +86,7 @@ def render_keyframes(
         negative_embeds,
         edited,
         steps=params.steps,
-        cfg_scale=params.cfg_scale,
+        cfg_scale=params.cfg,
         xa_guidance=params.guidance_for(synthetic),
         batch_size=params.batch_size,
         callback=callback,

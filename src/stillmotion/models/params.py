@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 Curve = Literal["log", "linear"]
 
 DEFAULT_XA_GUIDANCE_REAL = 0.1
 DEFAULT_XA_GUIDANCE_SYNTHETIC = 0.15
+DEFAULT_CFG_SCALE = 5.0
+MODEL_DEFAULTS_FILE = "stillmotion.json"  # beside model_index.json: the model's own method defaults
 
 
 @dataclass(frozen=True)
@@ -21,8 +25,8 @@ class MethodParams:
     fps: int = 8  # frames per second of the MP4
     seed: int = 0  # seeds x_T (synthetic), the VAE sample and the regularizer's roll offsets
     steps: int = 50  # DDIM steps for inversion, reference and key frames
-    cfg_scale: float = 5.0  # classifier-free guidance scale of reference and key frames; 1: CFG off
-    xa_guidance: float | None = None  # cross-attention guidance step; None: 0.1 real, 0.15 synthetic
+    cfg_scale: float | None = None  # CFG scale of reference and key frames; 1: CFG off; None: the model's
+    xa_guidance: float | None = None  # cross-attention guidance step; None: the model's default for the mode
     curve: Curve = "log"  # edit-weight curve: ln(1 + k(e-1)/K) or k/K
     # regularized inversion (pix2pix-zero's defaults)
     reg_steps: int = 5  # outer regularization iterations per inversion step
@@ -45,7 +49,7 @@ class MethodParams:
             raise ValueError(f"xa_guidance must be finite and >= 0, got {self.xa_guidance}")
         if self.curve not in ("log", "linear"):
             raise ValueError(f"curve must be 'log' or 'linear', got {self.curve!r}")
-        if not (1 <= self.cfg_scale < float("inf")):
+        if self.cfg_scale is not None and not (1 <= self.cfg_scale < float("inf")):
             raise ValueError(
                 f"cfg_scale must be a finite number >= 1 (1 turns classifier-free guidance off, "
                 f"as in pix2pix-zero), got {self.cfg_scale}"
@@ -58,10 +62,74 @@ class MethodParams:
         return self.frames if self.frames is not None else 4 * self.keyframes
 
     def guidance_for(self, synthetic: bool) -> float:
-        """The cross-attention guidance step: the user's, else pix2pix-zero's default for the mode."""
+        """The cross-attention guidance step: the user's, else pix2pix-zero's default for the mode (see
+        `resolve` for a model's own defaults)."""
         if self.xa_guidance is not None:
             return self.xa_guidance
         return DEFAULT_XA_GUIDANCE_SYNTHETIC if synthetic else DEFAULT_XA_GUIDANCE_REAL
 
+    @property
+    def cfg(self) -> float:
+        """The CFG scale: the user's, else pix2pix-zero's (see `resolve` for a model's own)."""
+        return DEFAULT_CFG_SCALE if self.cfg_scale is None else self.cfg_scale
+
+    def resolve(self, defaults: ModelDefaults, synthetic: bool) -> tuple[MethodParams, dict[str, str]]:
+        """These parameters with every model-specific value made concrete: a value given (command line,
+        manifest) wins, else the model's own default, else pix2pix-zero's. Returns them and where each
+        came from ("given", "model" or "pix2pix-zero"), for metadata.json."""
+        values, sources = {}, {}
+        xa = "xa_guidance_synthetic" if synthetic else "xa_guidance_real"
+        for name, given, default in (
+            ("cfg_scale", self.cfg_scale, "cfg_scale"),
+            ("xa_guidance", self.xa_guidance, xa),
+        ):
+            values[name] = given if given is not None else getattr(defaults, default)
+            sources[name] = "given" if given is not None else defaults.source_of(default)
+        return dataclasses.replace(self, **values), sources
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """The method values that depend on the model, and where they came from. Stable Diffusion keeps
+    pix2pix-zero's; a model folder may carry its own in MODEL_DEFAULTS_FILE:
+
+        {"method_defaults": {"xa_guidance_real": 10.0, "xa_guidance_synthetic": 10.0, "cfg_scale": 5.0}}
+    """
+
+    xa_guidance_real: float = DEFAULT_XA_GUIDANCE_REAL
+    xa_guidance_synthetic: float = DEFAULT_XA_GUIDANCE_SYNTHETIC
+    cfg_scale: float = DEFAULT_CFG_SCALE
+    from_model: frozenset[str] = frozenset()  # the names the model folder set
+
+    def source_of(self, name: str) -> str:
+        return "model" if name in self.from_model else "pix2pix-zero"
+
+    @classmethod
+    def of_folder(cls, folder: str | Path) -> ModelDefaults:
+        """The defaults a model folder carries (pix2pix-zero's for any value it does not set)."""
+        path = Path(folder) / MODEL_DEFAULTS_FILE
+        if not path.is_file():
+            return cls()
+        try:
+            values = json.loads(path.read_text())["method_defaults"]
+            if not isinstance(values, dict):
+                raise TypeError("method_defaults is not an object")
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not a stillmotion model defaults file ({error})") from None
+        known = {f.name for f in dataclasses.fields(cls)} - {"from_model"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown method defaults {unknown}; known: {sorted(known)}")
+        try:
+            defaults = cls(
+                **{name: float(value) for name, value in values.items()}, from_model=frozenset(values)
+            )
+            # the same checks as a value given by a user
+            MethodParams(cfg_scale=defaults.cfg_scale, xa_guidance=defaults.xa_guidance_real)
+            MethodParams(xa_guidance=defaults.xa_guidance_synthetic)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{path}: {error}") from None
+        return defaults

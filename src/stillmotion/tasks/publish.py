@@ -53,6 +53,7 @@ def publish_stage(
         fit=store.get_json(source["key"])["fit"] if source else None,
         timings={name: stage["seconds"] for name, stage in stages.items() if stage and "seconds" in stage},
         truncated_prompts=keyframes.get("truncated_prompts", []),
+        param_sources=job.param_sources,
     )
     metadata["artifacts"] = {name: stage["key"] for name, stage in stages.items() if stage and "key" in stage}
     metadata["computed_with"] = {

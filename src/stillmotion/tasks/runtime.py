@@ -53,6 +53,7 @@ class Job:
     channels_last: bool = False  # execution options: they change speed, not results (not in keys)
     compile_unet: str | None = None
     batch_size: int | None = None  # the run's cap on key frames per UNet batch (memory, not results)
+    param_sources: dict | None = None  # where the model-specific method values came from (metadata)
 
     @property
     def hub_model(self) -> bool:

@@ -290,7 +290,7 @@ def keyframes_key(job: Job, inverted: dict | None, caption: dict) -> str:
         keyframes=p.keyframes,
         curve=p.curve,
         steps=p.steps,
-        cfg_scale=p.cfg_scale,
+        cfg_scale=p.cfg,
         xa_guidance=p.guidance_for(request.synthetic),
         **model_key(job),
     )

@@ -78,7 +78,7 @@ def score_source(
             caption,
             edited,
             params.steps,
-            params.cfg_scale,
+            params.cfg,
             weight,
             batch_size=params.batch_size,
         )

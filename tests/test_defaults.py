@@ -1,0 +1,121 @@
+"""Method defaults that travel with the model: stillmotion.json beside model_index.json."""
+
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from stillmotion.cli import main
+from stillmotion.flows import batch_flow
+from stillmotion.models import MethodParams, ModelDefaults
+from stillmotion.models.params import (
+    DEFAULT_CFG_SCALE,
+    DEFAULT_XA_GUIDANCE_REAL,
+    DEFAULT_XA_GUIDANCE_SYNTHETIC,
+)
+from stillmotion.tasks import COMPUTED
+
+FAST = {"steps": 3, "keyframes": 2, "frames": 2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def own_defaults_model(tiny_model_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    defaults = {"method_defaults": {"xa_guidance_real": 4.0, "xa_guidance_synthetic": 7.5}}
+    (folder / "stillmotion.json").write_text(json.dumps(defaults))
+    return folder
+
+
+def test_a_folder_without_the_file_keeps_pix2pix_zeros_defaults(tiny_model_dir, own_defaults_model):
+    plain = ModelDefaults.of_folder(tiny_model_dir)
+    assert (plain.xa_guidance_real, plain.xa_guidance_synthetic, plain.cfg_scale) == (
+        DEFAULT_XA_GUIDANCE_REAL,
+        DEFAULT_XA_GUIDANCE_SYNTHETIC,
+        DEFAULT_CFG_SCALE,
+    )
+    own = ModelDefaults.of_folder(own_defaults_model)
+    assert (own.xa_guidance_real, own.xa_guidance_synthetic, own.cfg_scale) == (4.0, 7.5, DEFAULT_CFG_SCALE)
+
+    params, sources = MethodParams().resolve(own, synthetic=True)
+    assert (params.xa_guidance, params.cfg_scale) == (7.5, DEFAULT_CFG_SCALE)
+    assert sources == {"xa_guidance": "model", "cfg_scale": "pix2pix-zero"}
+    params, sources = MethodParams(xa_guidance=0.5, cfg_scale=2.0).resolve(own, synthetic=False)
+    assert (params.xa_guidance, params.cfg_scale) == (0.5, 2.0)  # a given value wins
+    assert sources == {"xa_guidance": "given", "cfg_scale": "given"}
+
+
+@pytest.mark.parametrize(
+    "content, error",
+    [
+        ({"method_defaults": {"xa_guidance": 3}}, "unknown method defaults"),
+        ({"method_defaults": {"cfg_scale": 0.5}}, "cfg_scale must be"),
+        ({"method_defaults": {"xa_guidance_real": "lots"}}, "could not convert"),
+        ({"defaults": {}}, "not a stillmotion model defaults file"),
+    ],
+)
+def test_a_bad_defaults_file_is_refused_by_name(own_defaults_model, content, error, tmp_path, capsys):
+    (own_defaults_model / "stillmotion.json").write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=error):
+        ModelDefaults.of_folder(own_defaults_model)
+    rows = tmp_path / "m.parquet"
+    pq.write_table(
+        pa.table({"video_id": ["v"], "source_prompt": ["a red car"], "prompts": [["a blue car"]]}), rows
+    )
+    capsys.readouterr()
+    assert (
+        main(["run", str(rows), "--output", str(tmp_path / "out"), "--model", str(own_defaults_model)]) == 1
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stillmotion.json" in err[0]
+
+
+def test_runs_use_the_models_defaults_key_the_effective_values_and_say_where_they_came_from(
+    own_defaults_model, tmp_path
+):
+    table = pa.table(
+        {
+            "video_id": ["implicit", "explicit"],
+            "source_prompt": ["a red car"] * 2,
+            "prompts": [["a blue car"]] * 2,
+            "xa_guidance": pa.array([None, 7.5], pa.float64()),
+            "seed": [5, 5],
+            **{name: [value] * 2 for name, value in FAST.items()},
+        }
+    )
+    pq.write_table(table, tmp_path / "m.parquet")
+    output = tmp_path / "out"
+    before = COMPUTED.copy()
+    batch_flow(str(tmp_path / "m.parquet"), str(output), model=str(own_defaults_model), in_flight=1)
+    # the model's 7.5 and a given 7.5 are the same computation: one key, computed once
+    assert (COMPUTED - before)["keyframes"] == 1
+    implicit, explicit = (
+        json.loads((output / v / "metadata.json").read_text()) for v in ("implicit", "explicit")
+    )
+    assert implicit["artifacts"]["keyframes"] == explicit["artifacts"]["keyframes"]
+    assert implicit["xa_guidance_used"] == implicit["params"]["xa_guidance"] == 7.5
+    assert implicit["params"]["cfg_scale"] == DEFAULT_CFG_SCALE
+    assert implicit["params_from"] == {"xa_guidance": "model", "cfg_scale": "pix2pix-zero"}
+    assert explicit["params_from"]["xa_guidance"] == "given"
+
+
+def test_generate_uses_the_models_defaults(own_defaults_model, tmp_path):
+    out = tmp_path / "video"
+    args = ["generate", "--source-prompt", "a red car", "--prompt", "a blue car", "--out", str(out)]
+    fast = ["--steps", "3", "--keyframes", "2", "--frames", "2", "--model", str(own_defaults_model)]
+    assert main([*args, *fast]) == 0
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["xa_guidance_used"] == 7.5 and metadata["params_from"]["xa_guidance"] == "model"
+    assert main([*args, *fast, "--xa-guidance", "1.0", "--cfg-scale", "3"]) == 0
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert (metadata["xa_guidance_used"], metadata["params"]["cfg_scale"]) == (1.0, 3.0)
+    assert metadata["params_from"] == {"xa_guidance": "given", "cfg_scale": "given"}
