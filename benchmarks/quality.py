@@ -26,8 +26,15 @@ from pathlib import Path
 
 import torch
 
-from stillmotion.models import MethodParams, load_stable_diffusion
-from stillmotion.toyworld.quality import EditScore, sampling_accuracy, score_source, summarize, toy_sources
+from stillmotion.models import MethodParams, ModelDefaults, load_stable_diffusion
+from stillmotion.toyworld.quality import (
+    EditScore,
+    sampling_accuracy,
+    score_source,
+    summarize,
+    toy_sources,
+    unseen_sources,
+)
 from stillmotion.toyworld.world import Truth
 
 
@@ -37,11 +44,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--model", default="models/toyworld")
     parser.add_argument("--sources", type=int, default=30, help="toy source images (3 colour edits each)")
-    parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 3.0, 10.0])
+    parser.add_argument(
+        "--weights", type=float, nargs="+", help="guidance weights to compare (default: the model's own)"
+    )
+    parser.add_argument(
+        "--unseen",
+        action="store_true",
+        help="sources not drawn like the training data (other sizes and resolutions, captions with and "
+        "without a size word) instead of training-like ones",
+    )
     parser.add_argument("--keyframes", type=int, default=4)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--cfg-scale", type=float, default=5.0)
+    parser.add_argument("--cfg-scale", type=float, help="default: the model's own")
     parser.add_argument("--samples-per-prompt", type=int, default=8, help="0: skip the sampling check")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument(
@@ -68,14 +83,18 @@ def run(args: argparse.Namespace) -> dict:
         accuracy = sampling_accuracy(sd, args.samples_per_prompt, steps=25, cfg=3.0, seed=0)
         accuracy["seconds"] = time.perf_counter() - start
         print(f"sampling accuracy: {accuracy}", file=sys.stderr, flush=True)
-    params = MethodParams(
+    # the model's own defaults (its stillmotion.json) where no flag is given, as a user's run would
+    params, _ = MethodParams(
         keyframes=args.keyframes, frames=args.frames, steps=args.steps, cfg_scale=args.cfg_scale
-    )
+    ).resolve(ModelDefaults.of_folder(sd.path), synthetic=False)
+    args.cfg_scale = params.cfg_scale
+    args.weights = args.weights or [params.xa_guidance]
     scores = []
-    for i, truth in enumerate(toy_sources(args.sources)):
+    sources = unseen_sources(args.sources) if args.unseen else toy_sources(args.sources)
+    for i, source in enumerate(sources):
         if i % shards == shard:
-            scores += score_source(sd, truth, args.weights, params)
-            print(f"source {i + 1}/{args.sources}: {truth.caption}", file=sys.stderr, flush=True)
+            scores += score_source(sd, source, args.weights, params)
+            print(f"source {i + 1}/{args.sources}: {source.caption}", file=sys.stderr, flush=True)
     return {
         "accuracy": accuracy,
         "scores": [dataclasses.asdict(score) for score in scores],
@@ -109,7 +128,8 @@ def main() -> None:
         f"{len(runs)} process(es) of {threads} thread(s), commit {commit}\n"
     )
     print(
-        f"Command: `python benchmarks/quality.py --model {args.model} --sources {args.sources} --weights "
+        f"Command: `python benchmarks/quality.py --model {args.model} --sources {args.sources}"
+        f"{' --unseen' if getattr(args, 'unseen', False) else ''} --weights "
         f"{' '.join(str(w) for w in args.weights)}` "
         f"(K={args.keyframes}, N={args.frames}, steps {args.steps}, CFG {args.cfg_scale})\n"
     )
@@ -124,7 +144,10 @@ def main() -> None:
         "edits",
         "colour_fidelity",
         "shape_kept",
+        "last_iou",
         "mask_iou",
+        "detours",
+        "hollow_last",
         "centroid_shift_px",
         "edge_ssim",
         "mean_step",

@@ -121,3 +121,16 @@ def test_cross_attention_guidance_improves_structure_without_losing_fidelity(edi
 def test_frames_move_smoothly(edit_rows):
     for row in edit_rows.values():  # measured worst step / mean step 2.4-2.6
         assert row["mean_step"] > 0 and row["worst_over_mean"] <= 3.5, row
+
+
+def test_unseen_sources_are_judged_right_and_vary_what_training_fixed():
+    from stillmotion.toyworld.quality import unseen_sources
+
+    sources = unseen_sources(24)
+    verdicts = [judge(s.image) for s in sources]
+    assert all(v.colour == s.truth.colour for v, s in zip(verdicts, sources, strict=True))
+    assert np.mean([v.shape == s.truth.shape for v, s in zip(verdicts, sources, strict=True)]) >= 0.9
+    radii = [s.truth.radius for s in sources]
+    assert min(radii) < 5 or max(radii) > 12 or any(7.5 < r < 9 for r in radii)  # outside training's
+    assert {s.sized for s in sources} == {True, False}
+    assert any(s.caption.count(" ") == 2 for s in sources)  # "a red circle": no size word

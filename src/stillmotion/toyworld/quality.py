@@ -19,7 +19,9 @@ from ..models.insertion import decode_latents
 from ..models.method import invert_source
 from ..models.text import encode_text
 from .judge import centroid, judge, mask_iou
-from .world import COLOURS, SHAPES, Truth, render, sample_truth
+from .world import COLOURS, SHAPES, SIZE, Truth, hue_to_rgb, render, sample_truth, shape_mask
+
+HOLLOW = 0.5  # a last frame whose foreground is under this share of the source's reads as hollowed
 
 
 @dataclass
@@ -35,13 +37,49 @@ class EditScore:
     mean_step: float
     worst_over_mean: float
     seconds: float
+    last_iou: float = 0.0  # mask IoU of the last key frame against the source
+    detour: bool = False  # some frame's colour is a third named colour, neither the source's nor the target's
+    hollow: bool = False  # the last frame is empty, or its shape covers under HOLLOW of the source's area
 
 
-def edit_prompts(truth: Truth, count: int = 3) -> list[tuple[str, str]]:
+def edit_prompts(truth: Truth, count: int = 3, sized: bool = True) -> list[tuple[str, str]]:
     """(colour, prompt) targets: the same caption with each other colour."""
     others = [c for c in COLOURS if c != truth.colour][:count]
-    size = "big" if truth.big else "small"
-    return [(colour, f"a {size} {colour} {truth.shape}") for colour in others]
+    size = ("big " if truth.big else "small ") if sized else ""
+    return [(colour, f"a {size}{colour} {truth.shape}") for colour in others]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A source the model never saw: its truth, its image (at the model's size) and its caption."""
+
+    truth: Truth
+    image: np.ndarray
+    sized: bool  # whether the caption (and the prompts) name a size
+
+    @property
+    def caption(self) -> str:
+        return self.truth.caption if self.sized else f"a {self.truth.colour} {self.truth.shape}"
+
+
+def unseen_sources(count: int, seed: int = 4321) -> list[Source]:
+    """Sources not drawn like the training data: sizes outside its two ranges, hues jittered twice as
+    far, drawn at 2-4x the resolution and resized to the model's (as a photo would be), and half of
+    the captions without a size word."""
+    rng, sources = np.random.default_rng(seed), []
+    for _ in range(count):
+        shape = SHAPES[rng.integers(len(SHAPES))]
+        colour = list(COLOURS)[rng.integers(len(COLOURS))]
+        radius = float(rng.uniform(4.5, 13.5))
+        margin = radius + 1
+        center = (float(rng.uniform(margin, SIZE - margin)), float(rng.uniform(margin, SIZE - margin)))
+        truth = Truth(shape, colour, COLOURS[colour] + rng.uniform(-20, 20), radius, center, radius >= 8.25)
+        scale = int(rng.integers(2, 5))
+        coverage = shape_mask(shape, (center[0] * scale, center[1] * scale), radius * scale, SIZE * scale)
+        large = np.round(coverage[..., None] * hue_to_rgb(truth.hue) * 255).astype(np.uint8)
+        image = np.asarray(PIL.Image.fromarray(large).resize((SIZE, SIZE), PIL.Image.Resampling.LANCZOS))
+        sources.append(Source(truth, image, sized=bool(rng.integers(2))))
+    return sources
 
 
 def _uint8(images: torch.Tensor) -> np.ndarray:
@@ -49,17 +87,23 @@ def _uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def score_source(
-    sd: StableDiffusion, truth: Truth, weights: list[float], params: MethodParams, targets: int = 3
+    sd: StableDiffusion,
+    truth: Truth | Source,
+    weights: list[float],
+    params: MethodParams,
+    targets: int = 3,
 ) -> list[EditScore]:
     """Invert one toy image once; edit it towards each target colour at each guidance weight."""
-    image = PIL.Image.fromarray(render(truth))
+    source = truth if isinstance(truth, Source) else Source(truth, render(truth), sized=True)
+    truth = source.truth
+    image = PIL.Image.fromarray(source.image)
     source_mask = judge(np.asarray(image)).mask
     source_center = centroid(source_mask)
     start = time.perf_counter()
-    inverted = invert_source(sd, image, truth.caption, params)
+    inverted = invert_source(sd, image, source.caption, params)
     invert_seconds = time.perf_counter() - start
-    goals = edit_prompts(truth, targets)
-    embeds, _ = encode_text(sd.tokenizer, sd.text_encoder, [truth.caption] + [p for _, p in goals])
+    goals = edit_prompts(truth, targets, sized=source.sized)
+    embeds, _ = encode_text(sd.tokenizer, sd.text_encoder, [source.caption] + [p for _, p in goals])
     caption = embeds[:1]
     edited = torch.cat(
         [
@@ -96,6 +140,7 @@ def score_source(
                 for v in verdicts
             ]
             smooth = temporal_smoothness(frames)
+            passing = {truth.colour, colour, None}  # None: no foreground (counted by `hollow`)
             scores.append(
                 EditScore(
                     truth,
@@ -109,6 +154,9 @@ def score_source(
                     smooth["mean_step"],
                     smooth["worst_over_mean"],
                     seconds,
+                    last_iou=mask_iou(last.mask, source_mask),
+                    detour=any(v.colour not in passing for v in verdicts),
+                    hollow=last.colour is None or last.mask.sum() < HOLLOW * source_mask.sum(),
                 )
             )
     return scores
@@ -172,6 +220,9 @@ def summarize(scores: list[EditScore]) -> list[dict]:
                 "xa_guidance": weight,
                 "edits": len(group),
                 "colour_fidelity": float(np.mean([s.colour_ok for s in group])),
+                "last_iou": float(np.mean([s.last_iou for s in group])),
+                "detours": float(np.mean([s.detour for s in group])),
+                "hollow_last": float(np.mean([s.hollow for s in group])),
                 "shape_kept": float(np.mean([s.shape_ok for s in group])),
                 "mask_iou": float(np.mean([s.iou for s in group])),
                 "centroid_shift_px": float(np.mean([s.centroid_shift for s in group])),
