@@ -1,5 +1,7 @@
 """The toy world, its judge, the metrics, the trainer, and quality floors of the committed model."""
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,7 @@ def edit_rows(toy_sd):
     """Edits of 4 fixed toy sources towards every other colour, without and with guidance."""
     params = MethodParams(keyframes=4, frames=8, steps=25, cfg_scale=5.0)
     scores = [s for truth in toy_sources(4) for s in score_source(toy_sd, truth, [0.0, GUIDED], params)]
+    json.dumps([dataclasses.asdict(score) for score in scores])  # what benchmarks/quality.py --save writes
     return {row["xa_guidance"]: row for row in summarize(scores)}
 
 

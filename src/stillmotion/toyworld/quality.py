@@ -154,9 +154,9 @@ def score_source(
                     smooth["mean_step"],
                     smooth["worst_over_mean"],
                     seconds,
-                    last_iou=mask_iou(last.mask, source_mask),
+                    last_iou=float(mask_iou(last.mask, source_mask)),
                     detour=any(v.colour not in passing for v in verdicts),
-                    hollow=last.colour is None or last.mask.sum() < HOLLOW * source_mask.sum(),
+                    hollow=bool(last.colour is None or last.mask.sum() < HOLLOW * source_mask.sum()),
                 )
             )
     return scores
