@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--cfg-scale", type=float, help="default: the model's own")
+    parser.add_argument(
+        "--cross-frame", choices=["off", "replace", "extend"], help="default: the model's own"
+    )
     parser.add_argument("--samples-per-prompt", type=int, default=8, help="0: skip the sampling check")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument(
@@ -85,9 +88,13 @@ def run(args: argparse.Namespace) -> dict:
         print(f"sampling accuracy: {accuracy}", file=sys.stderr, flush=True)
     # the model's own defaults (its stillmotion.json) where no flag is given, as a user's run would
     params, _ = MethodParams(
-        keyframes=args.keyframes, frames=args.frames, steps=args.steps, cfg_scale=args.cfg_scale
+        keyframes=args.keyframes,
+        frames=args.frames,
+        steps=args.steps,
+        cfg_scale=args.cfg_scale,
+        cross_frame=args.cross_frame,
     ).resolve(ModelDefaults.of_folder(sd.path), synthetic=False)
-    args.cfg_scale = params.cfg_scale
+    args.cfg_scale, args.cross_frame = params.cfg_scale, params.cross_frame
     args.weights = args.weights or [params.xa_guidance]
     scores = []
     sources = unseen_sources(args.sources) if args.unseen else toy_sources(args.sources)
@@ -131,7 +138,8 @@ def main() -> None:
         f"Command: `python benchmarks/quality.py --model {args.model} --sources {args.sources}"
         f"{' --unseen' if getattr(args, 'unseen', False) else ''} --weights "
         f"{' '.join(str(w) for w in args.weights)}` "
-        f"(K={args.keyframes}, N={args.frames}, steps {args.steps}, CFG {args.cfg_scale})\n"
+        f"(K={args.keyframes}, N={args.frames}, steps {args.steps}, CFG {args.cfg_scale}, "
+        f"cross-frame {getattr(args, 'cross_frame', None) or 'off'})\n"
     )
     if accuracy:
         print(

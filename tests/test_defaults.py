@@ -48,10 +48,10 @@ def test_a_folder_without_the_file_keeps_pix2pix_zeros_defaults(tiny_model_dir, 
 
     params, sources = MethodParams().resolve(own, synthetic=True)
     assert (params.xa_guidance, params.cfg_scale) == (7.5, DEFAULT_CFG_SCALE)
-    assert sources == {"xa_guidance": "model", "cfg_scale": "pix2pix-zero"}
+    assert sources == {"xa_guidance": "model", "cfg_scale": "default", "cross_frame": "default"}
     params, sources = MethodParams(xa_guidance=0.5, cfg_scale=2.0).resolve(own, synthetic=False)
     assert (params.xa_guidance, params.cfg_scale) == (0.5, 2.0)  # a given value wins
-    assert sources == {"xa_guidance": "given", "cfg_scale": "given"}
+    assert sources == {"xa_guidance": "given", "cfg_scale": "given", "cross_frame": "default"}
 
 
 @pytest.mark.parametrize(
@@ -104,7 +104,11 @@ def test_runs_use_the_models_defaults_key_the_effective_values_and_say_where_the
     assert implicit["artifacts"]["keyframes"] == explicit["artifacts"]["keyframes"]
     assert implicit["xa_guidance_used"] == implicit["params"]["xa_guidance"] == 7.5
     assert implicit["params"]["cfg_scale"] == DEFAULT_CFG_SCALE
-    assert implicit["params_from"] == {"xa_guidance": "model", "cfg_scale": "pix2pix-zero"}
+    assert implicit["params_from"] == {
+        "xa_guidance": "model",
+        "cfg_scale": "default",
+        "cross_frame": "default",
+    }
     assert explicit["params_from"]["xa_guidance"] == "given"
 
 
@@ -118,4 +122,4 @@ def test_generate_uses_the_models_defaults(own_defaults_model, tmp_path):
     assert main([*args, *fast, "--xa-guidance", "1.0", "--cfg-scale", "3"]) == 0
     metadata = json.loads((out / "metadata.json").read_text())
     assert (metadata["xa_guidance_used"], metadata["params"]["cfg_scale"]) == (1.0, 3.0)
-    assert metadata["params_from"] == {"xa_guidance": "given", "cfg_scale": "given"}
+    assert metadata["params_from"] == {"xa_guidance": "given", "cfg_scale": "given", "cross_frame": "default"}

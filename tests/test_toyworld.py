@@ -137,3 +137,13 @@ def test_unseen_sources_are_judged_right_and_vary_what_training_fixed():
     assert min(radii) < 5 or max(radii) > 12 or any(7.5 < r < 9 for r in radii)  # outside training's
     assert {s.sized for s in sources} == {True, False}
     assert any(s.caption.count(" ") == 2 for s in sources)  # "a red circle": no size word
+
+
+def test_a_detour_is_a_hue_off_the_short_arc_between_source_and_target():
+    from stillmotion.toyworld.quality import off_path
+
+    red, yellow, green, blue = (COLOURS[c] for c in ("red", "yellow", "green", "blue"))
+    assert not off_path(300, red, blue) and off_path(green, red, blue)  # red -> blue: magenta, not green
+    assert not off_path(yellow, red, green)  # yellow lies between red and green
+    assert off_path(red, green, yellow) and not off_path(90, green, yellow)
+    assert not off_path(red + 20, red, blue)  # within the tolerance of an endpoint

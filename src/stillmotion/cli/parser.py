@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=_positive("--steps"), default=50, help="DDIM steps (50)")
     gen.add_argument("--curve", choices=["log", "linear"], default="log", help="edit-weight curve (log)")
     gen.add_argument(
+        "--cross-frame",
+        choices=["off", "replace", "extend"],
+        help="key frames' self-attention attends to the source frame's keys and values instead of "
+        "(replace) or as well as (extend) their own (default: the model's, else off)",
+    )
+    gen.add_argument(
         "--xa-guidance",
         type=_non_negative_float,
         help="cross-attention guidance step (default: the model's stillmotion.json, else pix2pix-zero's "

@@ -233,9 +233,9 @@ def _params(video_id: str, values: dict) -> MethodParams:
         seed = default_seed(video_id)
     elif not 0 <= seed < _MAX_SEED:
         raise _RowFailure("seed", f"seed must be in 0..2**63-1, got {seed}")
-    curve = values.get("curve")
+    words = {name: values[name] for name in ("curve", "cross_frame") if values.get(name) is not None}
     try:
-        return MethodParams(seed=seed, **numbers, **({"curve": curve} if curve is not None else {}))
+        return MethodParams(seed=seed, **numbers, **words)
     except ValueError as error:
         # MethodParams names the field first ("fps must be in 1..120, got 0")
         first_word = str(error).split(" ", 1)[0]

@@ -18,14 +18,21 @@ from typing import Literal
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
+CrossFrame = Literal["off", "replace", "extend"]
+
 
 class AttentionStore:
-    """State shared by the attn2 processors during one UNet call."""
+    """State shared by the attention processors during one UNet call."""
 
-    def __init__(self) -> None:
+    def __init__(self, cross_frame: CrossFrame = "off") -> None:
         self.mode: Literal["off", "record", "guide"] = "off"
         self.reference: dict[str, torch.Tensor] = {}  # layer name -> (copies * heads, HW, tokens)
         self.loss: torch.Tensor | float = 0.0
+        # cross-frame attention: the reference pass records each attn1 layer's keys and values, and the
+        # key frames' attn1 attends to them (replacing or extending their own) while `keyframes` is set
+        self.cross_frame: CrossFrame = cross_frame
+        self.keyframes = False  # False: the reference pass (records); True: key frames (attend)
+        self.frame_kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (copies, HW, C) each
 
     def add_guidance_loss(self, name: str, probs: torch.Tensor, heads: int) -> None:
         """Add sum_frames mean_(copy, head) sum_(pixel, token) (A - A_ref)^2 for one layer.
@@ -80,15 +87,70 @@ class CrossAttnMapsProcessor:
         return attn.to_out[1](hidden_states)
 
 
+class CrossFrameProcessor:
+    """attn1 (self-attention) processor for cross-frame attention.
+
+    In the reference pass it records the layer's keys and values; in the key frames' passes their
+    queries attend to the reference's keys and values instead of their own ("replace", as
+    Text2Video-Zero attends to its first frame) or as well as their own ("extend", as Tune-A-Video and
+    TokenFlow do), so every key frame draws on one shared source of appearance.
+    """
+
+    def __init__(self, name: str, store: AttentionStore) -> None:
+        self.name = name
+        self.store = store
+        self.fast = AttnProcessor2_0()
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        store = self.store
+        if store.cross_frame == "off" or hidden_states.ndim != 3:
+            return self.fast(attn, hidden_states, encoder_hidden_states, attention_mask)
+        if not store.keyframes:
+            store.frame_kv[self.name] = (attn.to_k(hidden_states).detach(), attn.to_v(hidden_states).detach())
+            return self.fast(attn, hidden_states, encoder_hidden_states, attention_mask)
+        reference_key, reference_value = store.frame_kv[self.name]  # (copies, HW, C)
+        copies, batch = reference_key.shape[0], hidden_states.shape[0]
+
+        def per_frame(tensor: torch.Tensor) -> torch.Tensor:  # (copies, L, C) -> (copies * frames, L, C)
+            frames = batch // copies
+            return tensor[:, None].expand(copies, frames, *tensor.shape[1:]).reshape(batch, *tensor.shape[1:])
+
+        key, value = per_frame(reference_key), per_frame(reference_value)
+        if store.cross_frame == "extend":
+            key = torch.cat([attn.to_k(hidden_states), key], dim=1)
+            value = torch.cat([attn.to_v(hidden_states), value], dim=1)
+        query = attn.to_q(hidden_states)
+        heads = attn.heads
+
+        def split(tensor: torch.Tensor) -> torch.Tensor:  # (B, L, C) -> (B, heads, L, C / heads)
+            return tensor.view(batch, -1, heads, tensor.shape[-1] // heads).transpose(1, 2)
+
+        out = torch.nn.functional.scaled_dot_product_attention(split(query), split(key), split(value))
+        out = out.transpose(1, 2).reshape(batch, -1, query.shape[-1]).to(query.dtype)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
 @contextmanager
-def attention_store(unet: torch.nn.Module) -> Iterator[AttentionStore]:
-    """Install map-capturing processors on every attn2 layer; restore the originals on exit."""
+def attention_store(unet: torch.nn.Module, cross_frame: CrossFrame = "off") -> Iterator[AttentionStore]:
+    """Install map-capturing processors on every attn2 layer (and, with cross-frame attention, the
+    cross-frame processor on every attn1 layer); restore the originals on exit."""
     original = dict(unet.attn_processors)
-    store = AttentionStore()
-    processors = {
-        name: CrossAttnMapsProcessor(name, store) if ".attn2." in name else processor
-        for name, processor in original.items()
-    }
+    store = AttentionStore(cross_frame)
+    processors = {}
+    for name, processor in original.items():
+        if ".attn2." in name:
+            processors[name] = CrossAttnMapsProcessor(name, store)
+        elif ".attn1." in name and cross_frame != "off":
+            processors[name] = CrossFrameProcessor(name, store)
+        else:
+            processors[name] = processor
     unet.set_attn_processor(processors)
     try:
         yield store

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from diffusers import DDIMScheduler
 
-from .attention import AttentionStore, attention_store
+from .attention import AttentionStore, CrossFrame, attention_store
 from .params import Curve
 
 
@@ -115,6 +115,7 @@ def guided_keyframes(
     xa_guidance: float,
     batch_size: int = 8,
     callback: Callable[[int, int], None] | None = None,
+    cross_frame: CrossFrame = "off",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise the reference (source frame) and every key frame from x_T in one loop.
 
@@ -130,19 +131,21 @@ def guided_keyframes(
     source = inverted_noise.clone()
     latents = [inverted_noise.expand(len(chunk), -1, -1, -1).clone() for chunk in chunks]
     # 2. denoising loop: reference pass, then a guided step for each chunk of key frames
-    with attention_store(unet) as store:
+    with attention_store(unet, cross_frame) as store:
         for i, t in enumerate(scheduler.timesteps):
-            store.mode = "record"
+            store.mode, store.keyframes = "record", False
             x_in = torch.cat([source] * copies).to(unet.dtype)
             noise = unet(x_in, t, encoder_hidden_states=reference_embeds)
             source = scheduler.step(
                 classifier_free_guidance(noise.sample.float(), cfg_scale), t, source
             ).prev_sample
+            store.keyframes = True
             for j, chunk in enumerate(chunks):
                 latents[j] = guided_step(
                     unet, scheduler, store, latents[j], t, negative_embeds, chunk, cfg_scale, xa_guidance
                 )
             store.reference.clear()
+            store.frame_kv.clear()
             if callback is not None:
                 callback(i + 1, steps)
     return source, torch.cat(latents)

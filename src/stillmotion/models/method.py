@@ -90,6 +90,7 @@ def render_keyframes(
         xa_guidance=params.guidance_for(synthetic),
         batch_size=params.batch_size,
         callback=callback,
+        cross_frame=params.cross,
     )
     cut = sorted({text for text, was_cut in zip(texts, truncated, strict=True) if was_cut})
     return Rendered(source, keyframes, cut)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 Curve = Literal["log", "linear"]
+CrossFrame = Literal["off", "replace", "extend"]
 
 DEFAULT_XA_GUIDANCE_REAL = 0.1
 DEFAULT_XA_GUIDANCE_SYNTHETIC = 0.15
@@ -35,6 +36,8 @@ class MethodParams:
     lambda_kl: float = 20.0  # weight of the KL-to-N(0,1) gradient
     encode: Literal["mean", "sample"] = "mean"  # VAE encode: latent mean or a seeded sample
     batch_size: int = 8  # key frames per UNet batch (memory knob; does not change results)
+    # key frames' self-attention attends to the reference pass's keys/values: off, replace or extend
+    cross_frame: CrossFrame | None = None  # None: the model's default (off for Stable Diffusion)
 
     def __post_init__(self) -> None:
         if self.keyframes < 1:
@@ -54,6 +57,8 @@ class MethodParams:
                 f"cfg_scale must be a finite number >= 1 (1 turns classifier-free guidance off, "
                 f"as in pix2pix-zero), got {self.cfg_scale}"
             )
+        if self.cross_frame not in (None, "off", "replace", "extend"):
+            raise ValueError(f"cross_frame must be 'off', 'replace' or 'extend', got {self.cross_frame!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
@@ -69,6 +74,11 @@ class MethodParams:
         return DEFAULT_XA_GUIDANCE_SYNTHETIC if synthetic else DEFAULT_XA_GUIDANCE_REAL
 
     @property
+    def cross(self) -> CrossFrame:
+        """Cross-frame attention: the user's, else off (see `resolve` for a model's own)."""
+        return self.cross_frame or "off"
+
+    @property
     def cfg(self) -> float:
         """The CFG scale: the user's, else pix2pix-zero's (see `resolve` for a model's own)."""
         return DEFAULT_CFG_SCALE if self.cfg_scale is None else self.cfg_scale
@@ -76,12 +86,13 @@ class MethodParams:
     def resolve(self, defaults: ModelDefaults, synthetic: bool) -> tuple[MethodParams, dict[str, str]]:
         """These parameters with every model-specific value made concrete: a value given (command line,
         manifest) wins, else the model's own default, else pix2pix-zero's. Returns them and where each
-        came from ("given", "model" or "pix2pix-zero"), for metadata.json."""
+        came from ("given", "model" or "default": pix2pix-zero's, cross-frame off), for metadata.json."""
         values, sources = {}, {}
         xa = "xa_guidance_synthetic" if synthetic else "xa_guidance_real"
         for name, given, default in (
             ("cfg_scale", self.cfg_scale, "cfg_scale"),
             ("xa_guidance", self.xa_guidance, xa),
+            ("cross_frame", self.cross_frame, "cross_frame"),
         ):
             values[name] = given if given is not None else getattr(defaults, default)
             sources[name] = "given" if given is not None else defaults.source_of(default)
@@ -102,10 +113,11 @@ class ModelDefaults:
     xa_guidance_real: float = DEFAULT_XA_GUIDANCE_REAL
     xa_guidance_synthetic: float = DEFAULT_XA_GUIDANCE_SYNTHETIC
     cfg_scale: float = DEFAULT_CFG_SCALE
+    cross_frame: str = "off"
     from_model: frozenset[str] = frozenset()  # the names the model folder set
 
     def source_of(self, name: str) -> str:
-        return "model" if name in self.from_model else "pix2pix-zero"
+        return "model" if name in self.from_model else "default"
 
     @classmethod
     def of_folder(cls, folder: str | Path) -> ModelDefaults:
@@ -124,12 +136,11 @@ class ModelDefaults:
         if unknown:
             raise ValueError(f"{path}: unknown method defaults {unknown}; known: {sorted(known)}")
         try:
-            defaults = cls(
-                **{name: float(value) for name, value in values.items()}, from_model=frozenset(values)
-            )
+            typed = {name: value if name == "cross_frame" else float(value) for name, value in values.items()}
+            defaults = cls(**typed, from_model=frozenset(values))
             # the same checks as a value given by a user
             MethodParams(cfg_scale=defaults.cfg_scale, xa_guidance=defaults.xa_guidance_real)
-            MethodParams(xa_guidance=defaults.xa_guidance_synthetic)
+            MethodParams(xa_guidance=defaults.xa_guidance_synthetic, cross_frame=defaults.cross_frame)
         except (ValueError, TypeError) as error:
             raise ValueError(f"{path}: {error}") from None
         return defaults

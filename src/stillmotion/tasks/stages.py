@@ -292,6 +292,7 @@ def keyframes_key(job: Job, inverted: dict | None, caption: dict) -> str:
         steps=p.steps,
         cfg_scale=p.cfg,
         xa_guidance=p.guidance_for(request.synthetic),
+        cross_frame=p.cross,
         **model_key(job),
     )
 

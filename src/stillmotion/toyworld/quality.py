@@ -21,6 +21,7 @@ from ..models.text import encode_text
 from .judge import centroid, judge, mask_iou
 from .world import COLOURS, SHAPES, SIZE, Truth, hue_to_rgb, render, sample_truth, shape_mask
 
+DETOUR_DEGREES = 25.0  # how far a frame's hue may stray outside the path before it counts as a detour
 HOLLOW = 0.5  # a last frame whose foreground is under this share of the source's reads as hollowed
 
 
@@ -38,8 +39,25 @@ class EditScore:
     worst_over_mean: float
     seconds: float
     last_iou: float = 0.0  # mask IoU of the last key frame against the source
-    detour: bool = False  # some frame's colour is a third named colour, neither the source's nor the target's
+    detour: bool = False  # some frame's hue leaves the short arc from the source's hue to the target's
     hollow: bool = False  # the last frame is empty, or its shape covers under HOLLOW of the source's area
+
+
+def off_path(hue: float, start: float, end: float, tolerance: float = DETOUR_DEGREES) -> bool:
+    """Whether `hue` lies more than `tolerance` degrees outside the shorter arc of the hue circle from
+    `start` to `end`: a red -> blue edit may pass through magenta, not green; red -> green may pass
+    yellow, which lies between them."""
+
+    def ahead(a: float, b: float) -> float:  # degrees from a to b, anticlockwise, in [0, 360)
+        return (b - a) % 360
+
+    span = ahead(start, end)
+    if span > 180:  # the short way is clockwise: mirror everything
+        hue, start, end, span = -hue, -start, -end, 360 - span
+    offset = ahead(start, hue)
+    if offset <= span:
+        return False
+    return min(offset - span, 360 - offset) > tolerance
 
 
 def edit_prompts(truth: Truth, count: int = 3, sized: bool = True) -> list[tuple[str, str]]:
@@ -125,6 +143,7 @@ def score_source(
             params.cfg,
             weight,
             batch_size=params.batch_size,
+            cross_frame=params.cross,
         )
         seconds = (time.perf_counter() - start) / len(goals) + invert_seconds
         for i, (colour, _) in enumerate(goals):
@@ -140,7 +159,7 @@ def score_source(
                 for v in verdicts
             ]
             smooth = temporal_smoothness(frames)
-            passing = {truth.colour, colour, None}  # None: no foreground (counted by `hollow`)
+            source_hue = judge(source.image).hue
             scores.append(
                 EditScore(
                     truth,
@@ -155,7 +174,9 @@ def score_source(
                     smooth["worst_over_mean"],
                     seconds,
                     last_iou=float(mask_iou(last.mask, source_mask)),
-                    detour=any(v.colour not in passing for v in verdicts),
+                    detour=any(
+                        off_path(v.hue, source_hue, COLOURS[colour]) for v in verdicts if v.hue is not None
+                    ),
                     hollow=bool(last.colour is None or last.mask.sum() < HOLLOW * source_mask.sum()),
                 )
             )
