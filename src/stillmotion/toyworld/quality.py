@@ -115,7 +115,8 @@ def score_source(
     source = truth if isinstance(truth, Source) else Source(truth, render(truth), sized=True)
     truth = source.truth
     image = PIL.Image.fromarray(source.image)
-    source_mask = judge(np.asarray(image)).mask
+    source_verdict = judge(np.asarray(image))
+    source_mask, source_hue = source_verdict.mask, source_verdict.hue
     source_center = centroid(source_mask)
     start = time.perf_counter()
     inverted = invert_source(sd, image, source.caption, params)
@@ -159,7 +160,6 @@ def score_source(
                 for v in verdicts
             ]
             smooth = temporal_smoothness(frames)
-            source_hue = judge(source.image).hue
             scores.append(
                 EditScore(
                     truth,
