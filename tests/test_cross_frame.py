@@ -48,37 +48,29 @@ def test_cross_frame_key_frames_batch_like_one_at_a_time_and_change_the_result(s
     caption, prompts = embeds[:1], embeds[1:]
     edited = keyframe_embeddings(caption, prompts, keyframes=2)  # 4 key frames over 2 segments
     x_t = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(1))
-    common = dict(steps=5, xa_guidance=5.0)
+
+    def key_frames(cfg: float, mode: str, batch_size: int = 8) -> torch.Tensor:
+        return guided_keyframes(
+            sd.unet,
+            sd.scheduler_config,
+            x_t,
+            caption,
+            caption,
+            edited,
+            steps=5,
+            cfg_scale=cfg,
+            xa_guidance=5.0,
+            batch_size=batch_size,
+            cross_frame=mode,
+        )[1]
+
     for cfg in (5.0, 1.0):  # with CFG (two copies) and without (one)
-        run = {
-            mode: guided_keyframes(
-                sd.unet,
-                sd.scheduler_config,
-                x_t,
-                caption,
-                caption,
-                edited,
-                cfg_scale=cfg,
-                cross_frame=mode,
-                **common,
-            )[1]
-            for mode in ("off", "replace", "extend")
-        }
+        plain = key_frames(cfg, "off")
         for mode in ("replace", "extend"):
-            assert (run[mode] - run["off"]).abs().max() > 1e-3, (cfg, mode)  # it does something
-            _, chunked = guided_keyframes(
-                sd.unet,
-                sd.scheduler_config,
-                x_t,
-                caption,
-                caption,
-                edited,
-                cfg_scale=cfg,
-                cross_frame=mode,
-                batch_size=1,
-                **common,
-            )
-            torch.testing.assert_close(chunked, run[mode], atol=1e-4, rtol=0)  # chunks see the same reference
+            batched = key_frames(cfg, mode)
+            assert (batched - plain).abs().max() > 1e-3, (cfg, mode)  # it does something
+            # chunks of one key frame see the same reference keys and values
+            torch.testing.assert_close(key_frames(cfg, mode, batch_size=1), batched, atol=1e-4, rtol=0)
 
 
 def test_cross_frame_is_a_checked_parameter():
