@@ -268,11 +268,59 @@ def test_a_lease_is_one_live_processes_and_a_dead_holders_is_taken(tmp_path):
     assert (tmp_path / "out" / ".leases" / "b").exists()
 
 
+def test_held_leases_are_renewed_so_no_other_machine_takes_a_long_row(tmp_path, monkeypatch):
+    store = storage.OutputStore(str(tmp_path / "out"))
+    lease, stale = tmp_path / "out" / ".leases" / "a", time.time() - 2 * storage.ABANDONED_AFTER_S
+    assert store.take_lease("a")
+    here = storage.machine_id()
+
+    def seen_from_another_machine():  # another machine's run (its own process: its own held leases)
+        held = dict(storage._HELD_LEASES)
+        monkeypatch.setattr(storage, "machine_id", lambda: "elsewhere")
+        try:
+            return storage.OutputStore(str(tmp_path / "out")).take_lease("a")
+        finally:
+            monkeypatch.setattr(storage, "machine_id", lambda: here)
+            storage._HELD_LEASES.clear()
+            storage._HELD_LEASES.update(held)
+
+    os.utime(lease, (stale, stale))  # a row still being made after hours: renewed, so kept
+    assert store.renew_leases() == 1 and time.time() - lease.stat().st_mtime < 60
+    assert not seen_from_another_machine()
+    os.utime(lease, (stale, stale))  # not renewed (a holder cut off): the other machine takes it over
+    assert seen_from_another_machine()
+    taken = lease.read_text()
+    assert store.renew_leases() == 0 and lease.read_text() == taken  # theirs now: never touched by us
+    store.release_lease("a")
+    assert lease.read_text() == taken
+
+    memory = storage.OutputStore("memory://renew-test")  # an object store: renewed by writing it again
+    assert memory.take_lease("b")
+    created = memory.fs.info(memory.path(".leases/b"))["created"]
+    time.sleep(0.01)
+    assert memory.renew_leases() == 1 and memory.fs.info(memory.path(".leases/b"))["created"] > created
+    memory.release_lease("b")
+    assert memory.renew_leases() == 0 and not memory.fs.exists(memory.path(".leases/b"))  # not brought back
+
+    monkeypatch.setattr(storage, "LEASE_RENEW_S", 0.05)
+    assert store.take_lease("c")
+    os.utime(lease.with_name("c"), (stale, stale))
+    with storage.LeaseKeeper(store):
+        deadline = time.monotonic() + 10
+        while lease.with_name("c").stat().st_mtime < time.time() - 60 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert time.time() - lease.with_name("c").stat().st_mtime < 60  # the keeper's thread renewed it
+    store.release_lease("c")
+
+
 def test_two_runs_on_one_output_split_the_work(tiny_model_dir, tmp_path, monkeypatch):
     import subprocess
     import threading
 
     monkeypatch.setattr("stillmotion.flows.batch.LEASE_POLL_S", 0.2)
+    monkeypatch.setattr(storage, "LEASE_RENEW_S", 0.1)
+    renewed, renew = [], storage.OutputStore.renew_leases
+    monkeypatch.setattr(storage.OutputStore, "renew_leases", lambda self: renewed.append(renew(self)) or 0)
     rows, model = manifest(tmp_path / "m.parquet", ["a", "b", "c"]), str(tiny_model_dir)
     reference, output = tmp_path / "reference", tmp_path / "out"
     batch_flow(rows, str(reference), model=model)  # what the other run makes of "c"
@@ -304,6 +352,7 @@ def test_two_runs_on_one_output_split_the_work(tiny_model_dir, tmp_path, monkeyp
     table = {r["video_id"]: r for r in pq.read_table(output / "results.parquet").to_pylist()}
     assert [table[v]["cached"] for v in "abc"] == [False, False, True]
     assert sorted(p.name for p in (output / ".leases").iterdir()) == ["c"]  # only the live holder's
+    assert max(renewed) >= 1  # the run renewed the leases it held while it made its rows
 
 
 def test_failed_rows_are_listed_on_the_terminal(tiny_model_dir, tmp_path, capsys):

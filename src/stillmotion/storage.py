@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 import time
 import uuid
 
@@ -36,8 +37,10 @@ STORAGE_OPTIONS_ENV = "STILLMOTION_STORAGE_OPTIONS"
 TEMPORARY_PREFIX = ".tmp-"  # a local file being written; renamed into place when whole
 LEASES = ".leases"  # one file per row being made, naming the process making it
 _HELD_LEASES: dict[str, str] = {}  # lease URL -> this process's tag in it
+_LEASE_LOCK = threading.Lock()  # a lease is never renewed while it is being given back
 CONCURRENT_WRITE_S = 0.2  # how long a reader waits before calling a mismatch damage
-ABANDONED_AFTER_S = 3600  # a temporary file or staging folder of another machine, untouched this long
+ABANDONED_AFTER_S = 3600  # a temporary file, staging folder or lease of another machine, untouched this long
+LEASE_RENEW_S = ABANDONED_AFTER_S / 6  # how often a run touches the leases it holds (LeaseKeeper)
 
 
 # what a storage failure that may pass when tried again looks like: s3fs reports a 503 or "SlowDown" as
@@ -433,10 +436,33 @@ class OutputStore(Store):
     def release_lease(self, video_id: str) -> None:
         """Give a row back; only this process's own lease is deleted (never one taken over since)."""
         name = f"{LEASES}/{video_id}"
-        owner = _HELD_LEASES.pop(self.url_of(name), None)
-        if owner is not None and self._lease_holder(name) == owner:
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm_file(self.path(name))
+        with _LEASE_LOCK:
+            owner = _HELD_LEASES.pop(self.url_of(name), None)
+            if owner is not None and self._lease_holder(name) == owner:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(self.path(name))
+
+    def renew_leases(self) -> int:
+        """Touch every lease this process holds on this output, so that a row that takes longer than
+        ABANDONED_AFTER_S is not taken over by another machine; returns how many were renewed. A lease
+        another process took over meanwhile (it found ours stale) is left alone."""
+        prefix, renewed = self.url_of(LEASES) + "/", 0
+        for url, owner in list(_HELD_LEASES.items()):
+            if not url.startswith(prefix):
+                continue
+            name = f"{LEASES}/{url.removeprefix(prefix)}"
+            with _LEASE_LOCK:
+                if _HELD_LEASES.get(url) != owner or self._lease_holder(name) != owner:
+                    continue
+                try:
+                    if self.local:
+                        os.utime(self.path(name))
+                    else:  # an object's modification time changes only when it is written again
+                        self.fs.pipe_file(self.path(name), owner.encode())
+                except FileNotFoundError:
+                    continue
+                renewed += 1
+        return renewed
 
     def _lease_holder(self, name: str) -> str | None:
         try:
@@ -547,3 +573,25 @@ def publish_video_folder(path: str, files: dict[str, bytes], metadata: dict) -> 
         replace_folder(store.path(staging), store.path(name))
     finally:
         shutil.rmtree(store.path(staging), ignore_errors=True)
+
+
+class LeaseKeeper:
+    """While open, renews the leases this process holds on `outputs` every LEASE_RENEW_S seconds, in a
+    daemon thread (a renewal that fails is tried again at the next interval)."""
+
+    def __init__(self, outputs: OutputStore):
+        self.outputs, self._stop = outputs, threading.Event()
+        self._thread = threading.Thread(target=self._keep, name="stillmotion-leases", daemon=True)
+
+    def _keep(self) -> None:
+        while not self._stop.wait(LEASE_RENEW_S):
+            with contextlib.suppress(Exception):  # a flaky store: the lease is still hours from stale
+                self.outputs.renew_leases()
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

@@ -32,7 +32,7 @@ from ..manifests import iter_manifest, manifest_summary
 from ..manifests.schema import RESULTS_FILE
 from ..models.loading import inspect_model, resolve_device
 from ..single import resolved
-from ..storage import ArtifactStore, DamagedArtifact, OutputStore, configure_storage
+from ..storage import ArtifactStore, DamagedArtifact, LeaseKeeper, OutputStore, configure_storage
 from ..tasks import (
     Job,
     caption_stage,
@@ -308,10 +308,12 @@ def batch_flow(
         span = _open_span(_Span(work, tracker, outputs, stages, in_flight, add_complete))
         try:
             # the batch flow's configured runner, not the started one of its run (which cannot be
-            # serialised); Prefect runs each subflow on a fresh duplicate of it
-            chunk_flow.with_options(task_runner=FlowRunContext.get().flow.task_runner)(
-                span=span, first_row=work[0][0].index, rows=len(work)
-            )
+            # serialised); Prefect runs each subflow on a fresh duplicate of it. The span's leases are
+            # renewed while it runs, so no other machine takes over a row that takes hours.
+            with LeaseKeeper(outputs):
+                chunk_flow.with_options(task_runner=FlowRunContext.get().flow.task_runner)(
+                    span=span, first_row=work[0][0].index, rows=len(work)
+                )
         finally:
             _close_span(span)
 
