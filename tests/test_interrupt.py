@@ -2,6 +2,8 @@
 whole process group): it exits within seconds with one line, 130 / 143, results.parquet written for the
 rows that finished and no Prefect server left behind; the rerun finishes without recomputing them."""
 
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -136,3 +138,83 @@ def test_signal_stops_run_at_once_then_rerun_resumes(tiny_model_dir, tmp_path, p
     assert {r["video_id"] for r in results if r["cached"]} == finished
     assert stamps(output, finished) == before
     assert all((output / f"v{i}" / "video.mp4").exists() for i in range(ROWS))
+
+
+# `stillmotion run`, paused (SIGSTOP, by itself) halfway through publishing: one file of the video in
+# its staging folder, the rest not yet written
+PAUSED_MID_PUBLISH = """
+import os, signal, sys
+from stillmotion import storage
+from stillmotion.cli import main
+
+write_folder = storage.OutputStore.write_folder
+
+def paused(self, folder, files, metadata):
+    if folder.startswith(".staging/"):
+        first = next(iter(files))
+        self.write_bytes(f"{folder}/{first}", files[first])
+        os.kill(os.getpid(), signal.SIGSTOP)
+    write_folder(self, folder, files, metadata)
+
+storage.OutputStore.write_folder = paused
+sys.exit(main(["run", *sys.argv[1:]]))
+"""
+
+
+def stopped(pid: int) -> bool:
+    return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+
+
+def test_a_second_run_leaves_a_paused_runs_staging_alone_and_splits_the_work(
+    tiny_model_dir, tmp_path, prefect_home
+):
+    """Two processes on one output: the second neither deletes the first's staging folder (paused,
+    not dead) nor makes the row it holds; it makes the row nobody holds, and records the first's once
+    that one, resumed, has published it whole."""
+    manifest = make_manifest(tmp_path / "inputs")
+    output = tmp_path / "out"
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home), "PREFECT_API_URL": ""}
+    args = [str(manifest), "--output", str(output), "--model", str(tiny_model_dir), "--no-progress"]
+    first = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_MID_PUBLISH, *args, "--in-flight", "1", "--limit", "2"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    second = None
+    try:
+        deadline = time.monotonic() + 240
+        while not stopped(first.pid):
+            assert first.poll() is None, f"the first run ended unpaused: {first.communicate()}"
+            assert time.monotonic() < deadline, "the first run never reached its publish"
+            time.sleep(0.05)
+        (staging,) = (output / ".staging" / "v0").iterdir()
+        assert len(list(staging.iterdir())) == 1  # halfway: one file of the video in place
+        second = run([*args, "--limit", "2"], env)
+        deadline = time.monotonic() + 240
+        while not (output / "v1" / "metadata.json").exists():
+            assert second.poll() is None, f"the second run ended early: {second.communicate()}"
+            assert time.monotonic() < deadline, "the second run did not make v1"
+            time.sleep(0.1)
+        time.sleep(3)  # a poll of the row the paused run holds, at least
+        assert second.poll() is None  # waiting for v0, which it neither deletes nor makes
+        assert len(list(staging.iterdir())) == 1 and not (output / "v0").exists()
+        os.kill(first.pid, signal.SIGCONT)
+        outs = [process.communicate(timeout=240) for process in (first, second)]
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    assert (first.returncode, second.returncode) == (0, 0), outs
+    # each run made one video and took the other as made: nothing computed twice
+    for stdout, stderr in outs:
+        assert "2 rows: 1 made, 1 already complete" in stdout + stderr, (stdout, stderr)
+    for video_id in ("v0", "v1"):  # both whole: every file metadata.json names, as it was hashed
+        hashes = json.loads((output / video_id / "metadata.json").read_text())["hashes"]
+        assert "video.mp4" in hashes
+        for name, digest in hashes.items():
+            assert hashlib.sha256((output / video_id / name).read_bytes()).hexdigest() == digest, name
+    assert not (output / ".staging").exists() or not any((output / ".staging").rglob("*"))
