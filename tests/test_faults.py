@@ -408,3 +408,49 @@ def test_the_embedded_server_start_is_retried_and_a_lost_port_is_not_taken_for_o
         with pytest.raises(signals.ServerStartError, match=r"\(3 tries\): boom; set PREFECT_API_URL"):
             signals.start_detached_server()
         assert None not in base._instances
+
+
+def test_a_prefect_conflict_is_tried_again_then_is_one_line(monkeypatch, tmp_path, capsys):
+    """Prefect's API answering 409 Conflict (two processes writing one SQLite database once failed a
+    flow run's FOREIGN KEY check): the run is tried again, which resumes it; a third is one line."""
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    from stillmotion import flows
+    from stillmotion.cli import build_parser, commands
+    from stillmotion.flows.tracking import RunError
+
+    request = httpx.Request("POST", "http://127.0.0.1/api/flow_runs/")
+    response = httpx.Response(409, request=request, json={"detail": "Data integrity conflict."})
+    conflict = PrefectHTTPStatusError.from_httpx_error(
+        httpx.HTTPStatusError("409 Conflict", request=request, response=response)
+    )
+    calls, summary = [], {"rows": 1, "done": 1, "cached": 0, "failed": 0, "seconds": 0.1}
+
+    class Flow:  # the batch flow, failing its first `fails` calls as Prefect's engine reports it
+        task_runner = None
+
+        def __init__(self, fails: int, error: BaseException):
+            self.fails, self.error = fails, error
+
+        def __call__(self, **parameters):
+            calls.append(parameters)
+            if len(calls) <= self.fails:
+                raise RuntimeError("the flow run could not be created") from self.error
+            return summary
+
+    monkeypatch.setattr(commands, "PREFECT_CONFLICT_WAIT_S", 0)
+    args = build_parser().parse_args(["run", str(tmp_path / "m.parquet"), "--output", str(tmp_path / "out")])
+    monkeypatch.setattr(flows, "batch_flow", Flow(2, conflict))
+    assert commands._run(args, None) == 0 and len(calls) == 3
+    assert capsys.readouterr().err.count("answered 409 Conflict; trying again") == 2
+    calls.clear()
+    monkeypatch.setattr(flows, "batch_flow", Flow(3, conflict))
+    with pytest.raises(RunError, match="409 Conflict.*PREFECT_API_URL"):
+        commands._run(args, None)
+    assert len(calls) == 3
+    calls.clear()
+    monkeypatch.setattr(flows, "batch_flow", Flow(1, OSError("disk full")))
+    with pytest.raises(RuntimeError):  # any other error is not tried again
+        commands._run(args, None)
+    assert len(calls) == 1

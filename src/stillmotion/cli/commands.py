@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -208,9 +209,29 @@ def _run(args: argparse.Namespace, runner) -> int:
     if runner is None:
         runner = interruptible_runner(batch_flow.task_runner)
     flow = batch_flow if runner is batch_flow.task_runner else batch_flow.with_options(task_runner=runner)
-    summary = flow(
-        **_flow_parameters(args), limit=args.limit, force=args.force, show_progress=not args.no_progress
-    )
+    parameters = {**_flow_parameters(args), "limit": args.limit, "force": args.force}
+    for attempt in range(1, PREFECT_CONFLICT_TRIES + 1):
+        try:
+            summary = flow(**parameters, show_progress=not args.no_progress)
+            break
+        except Exception as error:
+            if not _prefect_conflict(error):
+                raise
+            if attempt == PREFECT_CONFLICT_TRIES:
+                from ..flows.tracking import RunError
+
+                raise RunError(
+                    f"Prefect's API refused to record the run {attempt} times (409 Conflict: a data "
+                    "integrity conflict in its database); is another process writing the same "
+                    "Prefect database? Point every run at one server with PREFECT_API_URL"
+                ) from None
+            # everything made so far is complete or cached: running the flow again only resumes it
+            print(
+                f"stillmotion run: Prefect's API answered 409 Conflict; trying again "
+                f"({attempt}/{PREFECT_CONFLICT_TRIES - 1})",
+                file=sys.stderr,
+            )
+            time.sleep(PREFECT_CONFLICT_WAIT_S)
     repaired = f" ({summary['repaired']} repaired a damaged artifact)" if summary.get("repaired") else ""
     print(
         f"{summary['rows']} rows: {summary['done']} made{repaired}, {summary['cached']} already complete, "
@@ -221,6 +242,24 @@ def _run(args: argparse.Namespace, runner) -> int:
         _print_failures(args.output, summary)
         return EXIT_ROWS_FAILED
     return EXIT_OK
+
+
+# Two processes writing one SQLite Prefect database (two embedded servers on one PREFECT_HOME) once made
+# a flow run's insert fail a FOREIGN KEY check, which the API answers 409 Conflict: the run is tried again
+PREFECT_CONFLICT_TRIES = 3
+PREFECT_CONFLICT_WAIT_S = 1.0
+
+
+def _prefect_conflict(error: BaseException | None) -> bool:
+    """Whether an error is (or was caused by) Prefect's API answering 409 Conflict."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        response = getattr(error, "response", None)
+        if getattr(response, "status_code", None) == 409:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _print_failures(output: str, summary: dict) -> None:
