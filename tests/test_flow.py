@@ -207,7 +207,8 @@ def test_rerun_recomputes_nothing_and_loads_no_model(tiny_model_dir, inputs, tmp
     before = COMPUTED.copy()
     batch_flow(manifest, output, model=str(tiny_model_dir))
     delta = COMPUTED - before
-    assert delta == {"keyframes": 1, "frames": 1, "encode": 1}  # caption and inversion reused
+    # caption and inversion reused; the new frames are scored again
+    assert delta == {"keyframes": 1, "frames": 1, "encode": 1, "scores": 1}
     prompts = json.loads((Path(output) / "b" / "metadata.json").read_text())["prompts"]
     assert prompts == ["a cat", "a horse"]
 

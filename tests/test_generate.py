@@ -62,7 +62,15 @@ def test_generate_writes_a_complete_video(tiny_model_dir, image_path, tmp_path):
     for name in names:
         if name != "metadata.json":
             assert metadata["hashes"][name] == sha256((out / name).read_bytes())
-    assert set(metadata["timings"]) >= {"caption", "invert", "keyframes", "frames", "encode"}
+    assert set(metadata["timings"]) >= {"caption", "invert", "keyframes", "frames", "scores", "encode"}
+    scores = metadata["scores"]  # the basic scores and the tiny model's own scorers' (scorers/)
+    assert set(scores) == {"structure", "structure_last", "mean_step", "worst_step", "worst_over_mean"} | {
+        "empty_frames",
+        "clip_t",
+        "clip_f",
+        "dino_structure",
+    }
+    assert scores["worst_step"] >= scores["mean_step"] > 0
 
     # the source frame is the first frame of the video (compared on luma: yuv420p halves chroma)
     def luma(rgb):

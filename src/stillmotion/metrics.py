@@ -42,3 +42,30 @@ def temporal_smoothness(frames: np.ndarray) -> dict[str, float]:
     mean = float(steps.mean()) if len(steps) else 0.0
     worst = float(steps.max()) if len(steps) else 0.0
     return {"mean_step": mean, "worst_step": worst, "worst_over_mean": worst / mean if mean else 0.0}
+
+
+EMPTY_STD = 0.02  # a frame whose luminance varies less than this (of full scale) shows nothing
+
+
+def near_empty(frames: np.ndarray) -> np.ndarray:
+    """Per frame of (F, H, W[, 3]) uint8 frames: whether it is near-empty (one flat tone: black, white
+    or a uniform wash, with no structure left)."""
+    return np.array([_gray(frame).std() < EMPTY_STD for frame in frames], dtype=bool)
+
+
+def basic_scores(frames: np.ndarray, source: np.ndarray) -> dict[str, float]:
+    """Scores of a video that need no model: (F, H, W, 3) uint8 frames, the first one the source frame,
+    against the (H, W, 3) source image.
+
+    structure / structure_last: edge SSIM of the frames after the first (their mean, the last one's)
+    against the source; mean_step, worst_step, worst_over_mean: temporal smoothness over all frames;
+    empty_frames: the share of near-empty frames.
+    """
+    frames = np.asarray(frames)
+    structure = [edge_ssim(frame, source) for frame in frames[1:]] or [edge_ssim(frames[0], source)]
+    return {
+        "structure": float(np.mean(structure)),
+        "structure_last": float(structure[-1]),
+        **temporal_smoothness(frames),
+        "empty_frames": float(near_empty(frames).mean()),
+    }

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import fsspec
+import numpy as np
 import PIL.Image
 
 from .models import (
@@ -26,6 +27,7 @@ from .models import (
     synthetic_noise,
 )
 from .models.images import tensor_to_pil
+from .models.scoring import find_scorers, frame_prompts, load_scorers, video_scores
 from .outputs import image_files, mp4_bytes, sha256, video_metadata
 from .storage import StorageError
 
@@ -138,7 +140,17 @@ def generate_video(
     keyframes = tensor_to_pil(decode_keyframes(sd, rendered, params))
     timings["frames"] = time.perf_counter() - start
 
-    # 4. encode
+    # 4. scores (with the scoring models that go with the model, where there are some)
+    start = time.perf_counter()
+    video = np.stack([np.asarray(frame) for frame in frames])
+    reference = video[0] if request.synthetic else np.asarray(image)
+    found, missing = find_scorers(sd.path)
+    scorers = load_scorers(found, sd.device) if found else None
+    prompts = frame_prompts(list(request.prompts), params.frames_per_segment)
+    scores = video_scores(video, reference, prompts, scorers)
+    timings["scores"] = time.perf_counter() - start
+
+    # 5. encode
     start = time.perf_counter()
     files = {"video.mp4": mp4_bytes(frames, fps=params.fps), **image_files(frames[0], keyframes)}
     timings["encode"] = time.perf_counter() - start
@@ -160,4 +172,6 @@ def generate_video(
         truncated_prompts=rendered.truncated_prompts,
         param_sources=sources,
     )
+    metadata["scores"] = scores
+    metadata["notes"] += [f"scores: no {name.upper()} scoring model ({why})" for name, why in missing.items()]
     return files, metadata

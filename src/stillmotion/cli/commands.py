@@ -167,7 +167,8 @@ def _task_runner(args: argparse.Namespace, stack: contextlib.ExitStack):
 def _flow_parameters(args: argparse.Namespace) -> dict:
     """The batch flow's parameters that `run` and `serve` share (`run` adds limit, force, progress)."""
     names = (
-        "manifest output cache model device dtype channels_last compile_unet in_flight chunk_rows batch_size"
+        "manifest output cache model device dtype channels_last compile_unet in_flight chunk_rows batch_size "
+        "model_scores"
     )
     return {name: getattr(args, name) for name in names.split()}
 

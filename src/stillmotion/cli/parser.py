@@ -30,6 +30,13 @@ def _add_flow_options(parser: argparse.ArgumentParser) -> None:
         help="at most this many key frames per UNet batch, for a small GPU (default: each row's, 8); "
         "on CUDA out-of-memory a stage retries at half the batch, down to 1. Never changes the numbers",
     )
+    parser.add_argument(
+        "--no-model-scores",
+        dest="model_scores",
+        action="store_false",
+        help="score videos without scoring models (CLIP, DINO-ViT: from MODEL/scorers/ or the hub); the "
+        "basic scores (structure, smoothness, empty frames) are always computed",
+    )
 
 
 def _positive(name: str, minimum: int = 1):

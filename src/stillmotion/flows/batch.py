@@ -4,8 +4,8 @@
 
 Rows stream from the manifest; a row whose video is complete is skipped by a lookup (no task,
 no model load); the others get a chain source -> caption -> invert -> keyframes -> frames ->
-encode -> publish, with at most `in_flight` rows submitted at once. The rows that need work are taken
-in spans of `chunk_rows` rows and each span runs in its own subflow: Prefect keeps every task
+encode and scores -> publish, with at most `in_flight` rows submitted at once. The rows that need
+work are taken in spans of `chunk_rows` rows and each span runs in its own subflow: Prefect keeps every task
 run's state in its flow run until that flow run ends, so per-span subflows keep memory flat at any
 manifest size.
 """
@@ -13,7 +13,10 @@ manifest size.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
+import json
+import sys
 import time
 import uuid
 from collections import deque
@@ -31,6 +34,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from ..manifests import iter_manifest, manifest_summary
 from ..manifests.schema import RESULTS_FILE
 from ..models.loading import inspect_model, resolve_device
+from ..models.scoring import find_scorers
 from ..single import resolved
 from ..storage import ArtifactStore, DamagedArtifact, LeaseKeeper, OutputStore, configure_storage
 from ..tasks import (
@@ -41,9 +45,10 @@ from ..tasks import (
     invert_stage,
     keyframes_stage,
     publish_stage,
+    scores_stage,
     source_stage,
 )
-from .tracking import RunError, RunTracker
+from .tracking import SCORE_NAMES, RunError, RunTracker
 
 SPAN_REACH = 10  # a span of work closes at most this many x chunk_rows manifest rows past its first job
 
@@ -58,6 +63,7 @@ def _stages(cache_url: str, force: bool) -> dict:
         "keyframes": keyframes_stage,
         "frames": frames_stage,
         "encode": encode_stage,
+        "scores": scores_stage,
         "publish": publish_stage,
     }
     return {
@@ -111,8 +117,10 @@ def submit_row(stages: dict, job: Job, runner=None) -> list[PrefectFuture]:
         keyframes = stages["keyframes"].submit(job, inverted, caption)
         frames = stages["frames"].submit(job, keyframes)
     encoded = stages["encode"].submit(job, frames)
-    published = stages["publish"].submit(job, source, caption, inverted, keyframes, frames, encoded)
-    return [*futures, keyframes, frames, encoded, published]
+    with gpu_slot(runner) if job.scorers else contextlib.nullcontext():
+        scores = stages["scores"].submit(job, frames, source)
+    published = stages["publish"].submit(job, source, caption, inverted, keyframes, frames, encoded, scores)
+    return [*futures, keyframes, frames, encoded, scores, published]
 
 
 @dataclass
@@ -195,6 +203,7 @@ def _record(span: _Span, runner, row, job: Job, futures: list[PrefectFuture], st
             metadata=result["metadata"],
             seconds=time.monotonic() - started,
             repaired=repaired,
+            scores=result.get("scores"),
         )
         return
     reason = outputs.read_log_reason(row.video_id)
@@ -276,6 +285,7 @@ def batch_flow(
     compile_unet: str | None = None,
     chunk_rows: int = 500,
     batch_size: int | None = None,
+    model_scores: bool = True,
 ) -> dict:
     """Make every video of a manifest; returns the counts {rows, done, cached, failed, seconds}."""
     for name, value in (
@@ -297,7 +307,7 @@ def batch_flow(
     ArtifactStore(f"{cache_url}/artifacts").clean_leftovers()
     rows, extra_fields = manifest_summary(manifest)
     total = rows if limit is None else min(rows, limit)
-    previous_seconds = _previous_seconds(outputs)
+    previous = _previous_results(outputs)
     tracker = RunTracker(outputs, total, extra_fields, show_progress=show_progress)
 
     # 2. stream rows: failed and complete rows are recorded at once, the rest become task chains,
@@ -326,7 +336,10 @@ def batch_flow(
             cached=True,
             video=outputs.url_of(f"{row.video_id}/video.mp4"),
             metadata=outputs.url_of(f"{row.video_id}/metadata.json"),
-            seconds=previous_seconds.get(row.video_id),
+            seconds=previous.get(row.video_id, {}).get("seconds"),
+            scores=previous[row.video_id]["scores"]
+            if row.video_id in previous
+            else _published_scores(outputs, row.video_id),
             counted=row.index < total,
         )
 
@@ -357,9 +370,11 @@ def batch_flow(
                 info, stages = inspect_model(model), _stages(cache_url, force)
                 if not _is_dask(FlowRunContext.get().flow.task_runner):
                     resolve_device(device)  # a missing GPU stops the run at once, as a missing model does
+                found = _scorers(info.path) if model_scores else {}
             job = _job(
                 row, info, outputs, cache_url, device, dtype, force, channels_last, compile_unet, batch_size
             )
+            job = dataclasses.replace(job, scorers=found or None)
             work.append((row, job))
         if work:
             run_span(work)
@@ -377,6 +392,16 @@ def batch_flow(
 
     # 4. results.parquet and the summary
     return tracker.close()
+
+
+def _scorers(model_path: str) -> dict:
+    """The scoring models that go with the model ({name: [id, folder, revision]}); the missing ones are
+    said once, and their scores left out."""
+    found, missing = find_scorers(model_path)
+    if missing:  # on the terminal, not through Prefect's logger (a run keeps that quiet)
+        reasons = "; ".join(f"{name.upper()}: {reason}" for name, reason in missing.items())
+        sys.stderr.write(f"stillmotion: scores without a scoring model for {reasons}\n")
+    return {name: list(value) for name, value in found.items()}
 
 
 def _job(row, info, outputs, cache_url, device, dtype, force, channels_last, compile_unet, batch_size) -> Job:
@@ -413,13 +438,27 @@ def _describe_complete(outputs: OutputStore, tracker: RunTracker, rows, add_comp
         tracker.skip(row.index)
 
 
-def _previous_seconds(outputs: OutputStore) -> dict[str, float]:
-    """Compute seconds of each video made by earlier runs (from the results.parquet they left), so a
-    cached row keeps the time it took to make rather than 0."""
+def _previous_results(outputs: OutputStore) -> dict[str, dict]:
+    """{video_id: {"seconds", "scores"}} of each video made by earlier runs (from the results.parquet
+    they left), so a cached row keeps the time it took to make and its scores."""
     try:
-        table = pq.read_table(
-            outputs.fs.open(outputs.path(RESULTS_FILE)), columns=["video_id", "status", "seconds"]
-        ).to_pylist()
-    except Exception:  # noqa: BLE001 - none yet, or unreadable: the seconds are just unknown
+        table = pq.read_table(outputs.fs.open(outputs.path(RESULTS_FILE)))
+    except Exception:  # noqa: BLE001 - none yet, or unreadable: looked up per video instead
         return {}
-    return {r["video_id"]: r["seconds"] for r in table if r["status"] == "ok" and r["seconds"] is not None}
+    names = [name for name in SCORE_NAMES if f"score_{name}" in table.column_names]
+    columns = ["video_id", "status", "seconds", *(f"score_{name}" for name in names)]
+    if not {"video_id", "status", "seconds"} <= set(table.column_names):
+        return {}
+    return {
+        r["video_id"]: {"seconds": r["seconds"], "scores": {n: r[f"score_{n}"] for n in names} or None}
+        for r in table.select(columns).to_pylist()
+        if r["status"] == "ok"
+    }
+
+
+def _published_scores(outputs: OutputStore, video_id: str) -> dict | None:
+    """A complete video's scores from its metadata.json (when no earlier results.parquet has them)."""
+    try:
+        return json.loads(outputs.read_bytes(f"{video_id}/metadata.json")).get("scores")
+    except Exception:  # noqa: BLE001 - unreadable or older than scores: none
+        return None

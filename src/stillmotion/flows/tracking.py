@@ -38,6 +38,20 @@ RESULT_FIELDS = [
     pa.field("cached", pa.bool_()),  # complete before this run: found by lookup, nothing recomputed
     pa.field("row", pa.int64()),
 ]
+# a video's scores (metadata.json "scores", see metrics.basic_scores and models.scoring), as score_{name};
+# null where not computed (a scoring model missing, a failed row)
+SCORE_NAMES = (
+    "structure",
+    "structure_last",
+    "mean_step",
+    "worst_step",
+    "worst_over_mean",
+    "empty_frames",
+    "clip_t",
+    "clip_f",
+    "dino_structure",
+)
+RESULT_FIELDS += [pa.field(f"score_{name}", pa.float64()) for name in SCORE_NAMES]
 
 
 @dataclass
@@ -110,6 +124,7 @@ class RunTracker:
         cached: bool = False,
         counted: bool = True,
         repaired: bool = False,
+        scores: dict | None = None,
     ) -> None:
         """Record one row's result; `counted=False` for a row outside this run's rows (past --limit)
         that is described but not counted or shown in the progress; `repaired` for a finished row
@@ -123,6 +138,7 @@ class RunTracker:
             "seconds": None if seconds is None else round(seconds, 3),
             "cached": cached,
             "row": row,
+            **{f"score_{name}": (scores or {}).get(name) for name in SCORE_NAMES},
             **{name: value for name, value in extra.items() if name not in self._contract},
         }
         self._buffer[row] = record

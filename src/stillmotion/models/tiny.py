@@ -1,10 +1,10 @@
 """A tiny, randomly initialised Stable Diffusion + BLIP in the standard Hugging Face layout.
 
 `make_tiny_model(DIR)` writes model_index.json, unet/, vae/, text_encoder/, tokenizer/,
-scheduler/ and captioner/, so tests and offline demos go through the same `from_pretrained`
-code as real SD1.4 weights. The UNet keeps SD1.4's block layout (three cross-attention levels
-then one plain level, two layers per block) at tiny width, so attention-layer names match the
-real model; the VAE has four blocks (scale factor 8) like SD's. Seeds are fixed: two calls
+scheduler/, captioner/ and scorers/ (CLIP, DINO-ViT), so tests and offline demos go through the
+same `from_pretrained` code as real SD1.4 weights. The UNet keeps SD1.4's block layout (three
+cross-attention levels then one plain level, two layers per block) at tiny width, so attention-layer
+names match the real model; the VAE has four blocks (scale factor 8) like SD's. Seeds are fixed: two calls
 write bit-identical weights.
 """
 
@@ -173,7 +173,41 @@ def make_tiny_model(out: str | Path, seed: int = 0, sample_size: int = 8) -> Pat
     write_clip_tokenizer(out / "tokenizer")
     write_pipeline_files(out)
     make_tiny_captioner(out / "captioner", seed=seed + 3)
+    make_tiny_scorers(out / "scorers", seed=seed + 4)
     return out
+
+
+def make_tiny_scorers(out: Path, seed: int = 0) -> None:
+    """Tiny random CLIP and DINO-ViT scorers (32 px images, 8 px patches) in `out/clip`, `out/dino`."""
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+        ViTConfig,
+        ViTImageProcessor,
+        ViTModel,
+    )
+
+    tower = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+    text = {**tower, "vocab_size": 514, "max_position_embeddings": 77}
+    text.update(bos_token_id=512, eos_token_id=513, pad_token_id=513)
+    torch.manual_seed(seed)
+    clip = CLIPModel(
+        CLIPConfig(
+            text_config=text, vision_config={**tower, "image_size": 32, "patch_size": 8}, projection_dim=16
+        )
+    )
+    clip.save_pretrained(out / "clip", safe_serialization=True)
+    write_clip_tokenizer(out / "clip")
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    tokenizer = CLIPTokenizer.from_pretrained(out / "clip")
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(out / "clip")
+    torch.manual_seed(seed + 1)
+    dino = ViTModel(ViTConfig(**tower, image_size=32, patch_size=8), add_pooling_layer=False)
+    dino.save_pretrained(out / "dino", safe_serialization=True)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out / "dino")
 
 
 def make_tiny_captioner(out: Path, seed: int = 0) -> None:

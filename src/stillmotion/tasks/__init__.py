@@ -2,7 +2,15 @@
 
 from .publish import publish_stage
 from .runtime import COMPUTED, Job
-from .stages import caption_stage, encode_stage, frames_stage, invert_stage, keyframes_stage, source_stage
+from .stages import (
+    caption_stage,
+    encode_stage,
+    frames_stage,
+    invert_stage,
+    keyframes_stage,
+    scores_stage,
+    source_stage,
+)
 
 __all__ = [
     "COMPUTED",
@@ -13,5 +21,6 @@ __all__ = [
     "invert_stage",
     "keyframes_stage",
     "publish_stage",
+    "scores_stage",
     "source_stage",
 ]

@@ -20,6 +20,7 @@ def publish_stage(
     keyframes: dict,
     frames: dict,
     encoded: dict,
+    scores: dict | None = None,
 ) -> dict:
     """Write video.mp4, source.png, keyframes/, preview.png, then metadata.json, into OUTPUT/{video_id}/."""
     store, outputs = artifacts(job.cache_url), OutputStore(job.output_url)
@@ -31,6 +32,7 @@ def publish_stage(
         "keyframes": keyframes,
         "frames": frames,
         "encode": encoded,
+        "scores": scores,
     }
     request = job.request
     inputs = {"image": request.image, "source_prompt": request.source_prompt}
@@ -55,6 +57,10 @@ def publish_stage(
         truncated_prompts=keyframes.get("truncated_prompts", []),
         param_sources=job.param_sources,
     )
+    if scores:
+        metadata["scores"] = scores["scores"]
+        if scores.get("note"):
+            metadata["notes"].append(f"scores: {scores['note']}")
     metadata["artifacts"] = {name: stage["key"] for name, stage in stages.items() if stage and "key" in stage}
     metadata["computed_with"] = {
         name: {field: stage[field] for field in ("device", "dtype", "batch_size", "worker") if field in stage}
@@ -66,4 +72,5 @@ def publish_stage(
     return {
         "video": outputs.url_of(f"{job.video_id}/video.mp4"),
         "metadata": outputs.url_of(f"{job.video_id}/metadata.json"),
+        "scores": scores["scores"] if scores else None,
     }

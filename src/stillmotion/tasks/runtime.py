@@ -23,13 +23,15 @@ from ..models import (
     resolve_device,
     resolve_dtype,
 )
-from ..models.loading import LOCAL_REVISION_PREFIX
+from ..models.loading import LOCAL_REVISION_PREFIX, resolve_model
+from ..models.scoring import Scorers, load_scorers
 from ..single import VideoRequest
 
 _GUARD = threading.Lock()
 _DEVICE_LOCKS: dict[str, threading.RLock] = {}
 _MODELS: dict[tuple, StableDiffusion] = {}
 _CAPTIONERS: dict[tuple, Captioner] = {}
+_SCORERS: dict[tuple, Scorers] = {}
 
 # How many times each stage really computed in this process (not served from cache).
 COMPUTED: Counter[str] = Counter()
@@ -54,6 +56,7 @@ class Job:
     compile_unet: str | None = None
     batch_size: int | None = None  # the run's cap on key frames per UNet batch (memory, not results)
     param_sources: dict | None = None  # where the model-specific method values came from (metadata)
+    scorers: dict | None = None  # the scoring models found for the run: {name: [id, folder, revision]}
 
     @property
     def hub_model(self) -> bool:
@@ -145,6 +148,21 @@ def captioner(job: Job) -> Captioner:
         return _CAPTIONERS[key]
 
 
+def scorers(job: Job) -> Scorers:
+    """The process's loaded scoring models for this job's device (loaded on first use)."""
+    found = {name: tuple(value) for name, value in (job.scorers or {}).items()}
+    key = (tuple(sorted(found.items())), _device_name(job.device))
+    with _GUARD:
+        if key not in _SCORERS:
+            # a folder found by the flow's process, else (another machine's worker) the id at its revision
+            local = {
+                name: (model_id, path if os.path.isdir(path) else str(resolve_model(model_id, revision)[0]))
+                for name, (model_id, path, revision) in found.items()
+            }
+            _SCORERS[key] = load_scorers(local, device=key[1])
+        return _SCORERS[key]
+
+
 def loaded_models() -> int:
     """How many Stable Diffusion models this process holds."""
     return len(_MODELS)
@@ -155,3 +173,4 @@ def release_models() -> None:
     with _GUARD:
         _MODELS.clear()
         _CAPTIONERS.clear()
+        _SCORERS.clear()

@@ -31,6 +31,7 @@ from ..models import (
 )
 from ..models.loading import captioner_identity
 from ..models.method import Rendered, synthetic_noise
+from ..models.scoring import frame_prompts, video_scores
 from ..outputs import mp4_bytes, png_bytes, sha256
 from ..single import load_source, read_bytes
 from ..storage import (
@@ -43,7 +44,16 @@ from ..storage import (
     is_transient,
 )
 from ..video import EncodeError
-from .runtime import COMPUTED, Job, captioner, compute_identity, device_lock, stable_diffusion, worker_label
+from .runtime import (
+    COMPUTED,
+    Job,
+    captioner,
+    compute_identity,
+    device_lock,
+    scorers,
+    stable_diffusion,
+    worker_label,
+)
 
 
 @functools.lru_cache(maxsize=16)
@@ -390,4 +400,48 @@ def encode_stage(job: Job, frames: dict) -> dict:
         video = mp4_bytes(frame_images(job, frames)[0], fps=job.request.params.fps)
         store.put_file(key, "mp4", video, record=timing(job, started, compute_start, on_device=False))
         COMPUTED["encode"] += 1
+    return {"key": key, **store.get_json(key)}
+
+
+# 7. scores: what a data team filters on, from the frames (and scoring models where there are some)
+SCORES_VERSION = 1  # bumped when a score's definition changes
+
+
+def scores_key(job: Job, frames: dict, source: dict | None) -> str:
+    p, found = job.request.params, job.scorers or {}
+    return artifact_key(
+        "scores",
+        frames=frames["key"],
+        source=source["key"] if source else None,
+        prompts=list(job.request.prompts),
+        n=p.frames_per_segment,
+        version=SCORES_VERSION,
+        scorers={name: revision for name, (_, _, revision) in sorted(found.items())},
+        device=compute_identity(job)["device"] if found else None,
+    )
+
+
+@task(**_stage_options("scores", scores_key, "json"))
+@logs_failures
+def scores_stage(job: Job, frames: dict, source: dict | None) -> dict:
+    """Scores of the frames against the source (real mode: the fitted image; synthetic: the reference
+    frame): metrics.basic_scores always, models.scoring's with the run's scoring models."""
+    key, store = scores_key(job, frames, source), artifacts(job.cache_url)
+    if job.force or not store.intact(key, "json"):
+        started, compute_start = time.time(), time.perf_counter()
+        video = store.get_tensors(frames["key"])["frames"].numpy()  # (1 + S * N, H, W, 3) uint8
+        reference = np.asarray(_source_image(job, source)) if source else video[0]
+        prompts = frame_prompts(list(job.request.prompts), job.request.params.frames_per_segment)
+        record, on_device = None, bool(job.scorers)
+        if job.scorers:
+            try:
+                with device_lock(job.device):
+                    compute_start = time.perf_counter()
+                    record = {"scores": video_scores(video, reference, prompts, scorers(job))}
+            except ModelNotAvailable as error:  # the basic scores stay; the row never fails for it
+                record, on_device = {"note": one_line(error)}, False
+        if record is None or "scores" not in record:
+            record = {**(record or {}), "scores": video_scores(video, reference, prompts)}
+        store.put_json(key, {**record, **timing(job, started, compute_start, on_device=on_device)})
+        COMPUTED["scores"] += 1
     return {"key": key, **store.get_json(key)}
