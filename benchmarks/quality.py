@@ -60,6 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cross-frame", choices=["off", "replace", "extend"], help="default: the model's own"
     )
+    parser.add_argument(
+        "--insertion",
+        nargs="+",
+        choices=["spline", "adaptive", "motion"],
+        default=["spline"],
+        help="frames in between; several: each made from the same key frames",
+    )
     parser.add_argument("--samples-per-prompt", type=int, default=8, help="0: skip the sampling check")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument(
@@ -100,7 +107,7 @@ def run(args: argparse.Namespace) -> dict:
     sources = unseen_sources(args.sources) if args.unseen else toy_sources(args.sources)
     for i, source in enumerate(sources):
         if i % shards == shard:
-            scores += score_source(sd, source, args.weights, params)
+            scores += score_source(sd, source, args.weights, params, insertions=args.insertion)
             print(f"source {i + 1}/{args.sources}: {source.caption}", file=sys.stderr, flush=True)
     return {
         "accuracy": accuracy,
@@ -139,7 +146,8 @@ def main() -> None:
         f"{' --unseen' if getattr(args, 'unseen', False) else ''} --weights "
         f"{' '.join(str(w) for w in args.weights)}` "
         f"(K={args.keyframes}, N={args.frames}, steps {args.steps}, CFG {args.cfg_scale}, "
-        f"cross-frame {getattr(args, 'cross_frame', None) or 'off'})\n"
+        f"cross-frame {getattr(args, 'cross_frame', None) or 'off'}, "
+        f"insertion {' / '.join(getattr(args, 'insertion', ['spline']))})\n"
     )
     if accuracy:
         print(
@@ -149,6 +157,7 @@ def main() -> None:
         )
     header = [
         "xa_guidance",
+        "insertion",
         "edits",
         "colour_fidelity",
         "shape_kept",
@@ -161,6 +170,7 @@ def main() -> None:
         "mean_step",
         "worst_over_mean",
         "seconds_per_video",
+        "insert_seconds",
     ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))

@@ -59,6 +59,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             seed=args.seed,
             steps=args.steps,
             curve=args.curve,
+            insertion=args.insertion,
             cross_frame=args.cross_frame,
             xa_guidance=args.xa_guidance,
             cfg_scale=args.cfg_scale,

@@ -137,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=_positive("--steps"), default=50, help="DDIM steps (50)")
     gen.add_argument("--curve", choices=["log", "linear"], default="log", help="edit-weight curve (log)")
     gen.add_argument(
+        "--insertion",
+        choices=["spline", "adaptive", "motion"],
+        default="spline",
+        help="frames between key frames: the latent spline at even times (spline), re-timed so every "
+        "step is the same size (adaptive), or motion-compensated in-betweens of the key frames (motion)",
+    )
+    gen.add_argument(
         "--cross-frame",
         choices=["off", "replace", "extend"],
         help="key frames' self-attention attends to the source frame's keys and values instead of "

@@ -33,6 +33,7 @@ MANIFEST_COLUMNS: dict[str, pa.DataType] = {
     "cfg_scale": pa.float64(),
     "curve": pa.string(),
     "cross_frame": pa.string(),
+    "insertion": pa.string(),  # spline | adaptive | motion
     "batch_size": pa.int64(),  # key frames per UNet batch: memory, never the numbers (capped by --batch-size)
 }
 MANIFEST_SCHEMA = pa.schema([pa.field(name, kind) for name, kind in MANIFEST_COLUMNS.items()])

@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import PIL.Image
 import torch
 
 from .images import pil_to_tensor
-from .insertion import decode_latents, spline_frames
+from .insertion import decode_latents, motion_frames, spline_frames
 from .inversion import encode_latents, invert
 from .keyframes import guided_keyframes, keyframe_embeddings
 from .loading import StableDiffusion
@@ -97,12 +98,38 @@ def render_keyframes(
 
 
 def render_frames(sd: StableDiffusion, rendered: Rendered, params: MethodParams) -> torch.Tensor:
-    """Decode the source frame and every segment's spline frames: (1 + S * N, 3, H, W) in [-1, 1]."""
+    """The source frame and every segment's N frames, decoded: (1 + S * N, 3, H, W) in [-1, 1].
+
+    spline: latents on each segment's spline at even times (see insertion.spline_frames), decoded;
+    adaptive: the same spline re-timed by the distance its decoded frames travel;
+    motion: the source and key frames decoded, the frames between them motion-compensated.
+    """
+    keyframes, frames = params.keyframes, params.frames_per_segment
+    if params.insertion == "motion":
+        anchors = torch.cat([rendered.source_latent, rendered.keyframe_latents])
+        images = _to_uint8(decode_latents(sd.vae, anchors, params.batch_size))  # (1 + S * K, H, W, 3)
+        out, previous = [images[:1]], images[:1]
+        for start in range(1, len(images), keyframes):
+            segment = images[start : start + keyframes]
+            out.append(motion_frames(np.concatenate([previous, segment]), keyframes, frames))
+            previous = segment[-1:]
+        return torch.from_numpy(np.concatenate(out)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    appearance = None
+    if params.insertion == "adaptive":  # re-timed by the distance travelled in the decoded frames
+
+        def appearance(latents: torch.Tensor) -> torch.Tensor:
+            return decode_latents(sd.vae, latents, params.batch_size).clamp(-1, 1)
+
     inserted = spline_frames(
-        rendered.source_latent, rendered.keyframe_latents, params.keyframes, params.frames_per_segment
+        rendered.source_latent, rendered.keyframe_latents, keyframes, frames, appearance=appearance
     )
     latents = torch.cat([rendered.source_latent, inserted.to(rendered.source_latent.device)])
     return decode_latents(sd.vae, latents, params.batch_size)
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] to (B, H, W, 3) uint8."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def decode_keyframes(sd: StableDiffusion, rendered: Rendered, params: MethodParams) -> torch.Tensor:

@@ -10,6 +10,8 @@ from typing import Literal
 
 Curve = Literal["log", "linear"]
 CrossFrame = Literal["off", "replace", "extend"]
+Insertion = Literal["spline", "adaptive", "motion"]
+INSERTIONS = ("spline", "adaptive", "motion")
 
 DEFAULT_XA_GUIDANCE_REAL = 0.1
 DEFAULT_XA_GUIDANCE_SYNTHETIC = 0.15
@@ -29,6 +31,9 @@ class MethodParams:
     cfg_scale: float | None = None  # CFG scale of reference and key frames; 1: CFG off; None: the model's
     xa_guidance: float | None = None  # cross-attention guidance step; None: the model's default for the mode
     curve: Curve = "log"  # edit-weight curve: ln(1 + k(e-1)/K) or k/K
+    # frames between key frames: the latent spline at even times, re-timed by the distance travelled
+    # (adaptive), or motion-compensated in-betweens of the decoded key frames (ffmpeg minterpolate)
+    insertion: Insertion = "spline"
     # regularized inversion (pix2pix-zero's defaults)
     reg_steps: int = 5  # outer regularization iterations per inversion step
     auto_corr_rolls: int = 5  # auto-correlation pyramid steps per outer iteration
@@ -52,6 +57,8 @@ class MethodParams:
             raise ValueError(f"xa_guidance must be finite and >= 0, got {self.xa_guidance}")
         if self.curve not in ("log", "linear"):
             raise ValueError(f"curve must be 'log' or 'linear', got {self.curve!r}")
+        if self.insertion not in INSERTIONS:
+            raise ValueError(f"insertion must be one of {', '.join(INSERTIONS)}, got {self.insertion!r}")
         if self.cfg_scale is not None and not (1 <= self.cfg_scale < float("inf")):
             raise ValueError(
                 f"cfg_scale must be a finite number >= 1 (1 turns classifier-free guidance off, "

@@ -342,7 +342,12 @@ def keyframes_stage(job: Job, inverted: dict | None, caption: dict) -> dict:
 def frames_key(job: Job, keyframes: dict) -> str:
     p = job.request.params
     return artifact_key(
-        "frames", keyframes=keyframes["key"], k=p.keyframes, n=p.frames_per_segment, **model_key(job)
+        "frames",
+        keyframes=keyframes["key"],
+        k=p.keyframes,
+        n=p.frames_per_segment,
+        insertion=p.insertion,
+        **model_key(job),
     )
 
 
@@ -353,7 +358,8 @@ def _uint8(images: torch.Tensor) -> torch.Tensor:
 @task(**_stage_options("frames", frames_key, "safetensors"))
 @logs_failures
 def frames_stage(job: Job, keyframes: dict) -> dict:
-    """Spline frames between the anchors, decoded, with the decoded key frames (uint8 NHWC)."""
+    """The frames between the anchors (the row's insertion), decoded, with the decoded key frames
+    (uint8 NHWC)."""
     key, store = frames_key(job, keyframes), artifacts(job.cache_url)
     if job.force or not store.intact(key, "safetensors"):
         started = time.time()

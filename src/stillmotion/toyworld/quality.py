@@ -6,6 +6,8 @@ key frames are denoised in one guided loop (they share the source's x_T and refe
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -14,9 +16,8 @@ import PIL.Image
 import torch
 
 from ..metrics import edge_ssim, temporal_smoothness
-from ..models import MethodParams, StableDiffusion, guided_keyframes, keyframe_embeddings, spline_frames
-from ..models.insertion import decode_latents
-from ..models.method import invert_source
+from ..models import MethodParams, StableDiffusion, guided_keyframes, keyframe_embeddings
+from ..models.method import Rendered, invert_source, render_frames
 from ..models.text import encode_text
 from .judge import centroid, judge, mask_iou
 from .world import COLOURS, SHAPES, SIZE, Truth, hue_to_rgb, render, sample_truth, shape_mask
@@ -41,6 +42,8 @@ class EditScore:
     last_iou: float = 0.0  # mask IoU of the last key frame against the source
     detour: bool = False  # some frame's hue leaves the short arc from the source's hue to the target's
     hollow: bool = False  # the last frame is empty, or its shape covers under HOLLOW of the source's area
+    insert_seconds: float = 0.0  # making and decoding the frames from the key frames (the insertion)
+    insertion: str = "spline"
 
 
 def off_path(hue: float, start: float, end: float, tolerance: float = DETOUR_DEGREES) -> bool:
@@ -110,8 +113,10 @@ def score_source(
     weights: list[float],
     params: MethodParams,
     targets: int = 3,
+    insertions: list[str] | None = None,
 ) -> list[EditScore]:
-    """Invert one toy image once; edit it towards each target colour at each guidance weight."""
+    """Invert one toy image once; edit it towards each target colour at each guidance weight, and make
+    the frames between the key frames with each of `insertions` (default: the params' own)."""
     source = truth if isinstance(truth, Source) else Source(truth, render(truth), sized=True)
     truth = source.truth
     image = PIL.Image.fromarray(source.image)
@@ -147,12 +152,13 @@ def score_source(
             cross_frame=params.cross,
         )
         seconds = (time.perf_counter() - start) / len(goals) + invert_seconds
-        for i, (colour, _) in enumerate(goals):
+        ways = insertions or [params.insertion]
+        for (i, (colour, _)), insertion in itertools.product(enumerate(goals), ways):
             segment = keyframes[i * params.keyframes : (i + 1) * params.keyframes]
-            latents = torch.cat(
-                [source, spline_frames(source, segment, params.keyframes, params.frames_per_segment)]
-            )
-            frames = _uint8(decode_latents(sd.vae, latents))
+            start = time.perf_counter()
+            inserting = dataclasses.replace(params, insertion=insertion)
+            frames = _uint8(render_frames(sd, Rendered(source, segment), inserting))  # the same key frames
+            insert_seconds = time.perf_counter() - start
             verdicts = [judge(frame) for frame in frames]
             last = verdicts[-1]
             shifts = [
@@ -178,6 +184,8 @@ def score_source(
                         off_path(v.hue, source_hue, COLOURS[colour]) for v in verdicts if v.hue is not None
                     ),
                     hollow=bool(last.colour is None or last.mask.sum() < HOLLOW * source_mask.sum()),
+                    insert_seconds=insert_seconds,
+                    insertion=insertion,
                 )
             )
     return scores
@@ -232,13 +240,14 @@ def toy_sources(count: int, seed: int = 1234) -> list[Truth]:
 
 
 def summarize(scores: list[EditScore]) -> list[dict]:
-    """One row per guidance weight: means over every edit."""
+    """One row per guidance weight and insertion: means over every edit."""
     rows = []
-    for weight in sorted({s.xa_guidance for s in scores}):
-        group = [s for s in scores if s.xa_guidance == weight]
+    for weight, insertion in sorted({(s.xa_guidance, s.insertion) for s in scores}):
+        group = [s for s in scores if (s.xa_guidance, s.insertion) == (weight, insertion)]
         rows.append(
             {
                 "xa_guidance": weight,
+                "insertion": insertion,
                 "edits": len(group),
                 "colour_fidelity": float(np.mean([s.colour_ok for s in group])),
                 "last_iou": float(np.mean([s.last_iou for s in group])),
@@ -250,7 +259,8 @@ def summarize(scores: list[EditScore]) -> list[dict]:
                 "edge_ssim": float(np.mean([s.edge_ssim for s in group])),
                 "mean_step": float(np.mean([s.mean_step for s in group])),
                 "worst_over_mean": float(np.mean([s.worst_over_mean for s in group])),
-                "seconds_per_video": float(np.mean([s.seconds for s in group])),
+                "seconds_per_video": float(np.mean([s.seconds + s.insert_seconds for s in group])),
+                "insert_seconds": float(np.mean([s.insert_seconds for s in group])),
             }
         )
     return rows
