@@ -338,3 +338,51 @@ def test_results_upload_that_keeps_failing_is_one_line(s3, tiny_model_dir, capsy
     assert "rows:" not in captured.out  # no summary of a run whose results are not written
     fs.invalidate_cache()
     assert not fs.exists(f"{BUCKET}/stuck/results.parquet")
+
+
+def test_the_flows_own_lookups_retry_a_503_and_one_that_persists_is_one_line(
+    s3, tiny_model_dir, capsys, monkeypatch
+):
+    """The batch flow's own storage calls (is this video complete? take a row's lease) are not stages
+    that Prefect retries: they retry transient errors themselves, and the rest is one line."""
+    from stillmotion import storage
+
+    fs, proxy = s3
+    monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
+    monkeypatch.setattr(storage, "FLOW_RETRY_DELAYS", [0.05, 0.05, 0.05])
+    rows = [{"video_id": "p", "source_prompt": "a car", "prompts": ["a bus"]}]
+    manifest = put_manifest(fs, "probe-in", rows)
+    fs.pipe_file(f"{BUCKET}/probe/p/metadata.json", b"{}")  # complete: the run only looks it up
+    lookups = []
+
+    def refuse_lookups(times: int):
+        def rule(method: str, path: str) -> str:
+            if method == "HEAD" and urlsplit(path).path.endswith("/probe/p/metadata.json"):
+                lookups.append(path)
+                return SLOW if len(lookups) <= times else FORWARD
+            return FORWARD
+
+        return rule
+
+    proxy.reset(refuse_lookups(2))  # each try of the flow's lookup is one HEAD (botocore: 1 attempt)
+    try:
+        status = run(manifest, f"s3://{BUCKET}/probe", tiny_model_dir, proxy, attempts=1)
+    finally:
+        proxy.rule = forward_all
+    assert status == 0 and len(lookups) >= 3, capsys.readouterr().err
+    fs.invalidate_cache()
+    results = pq.read_table(io.BytesIO(fs.cat_file(f"{BUCKET}/probe/results.parquet"))).to_pylist()
+    assert [(r["status"], r["cached"]) for r in results] == [("ok", True)]
+
+    lookups.clear()
+    proxy.reset(refuse_lookups(10**6))
+    capsys.readouterr()
+    try:
+        status = run(manifest, f"s3://{BUCKET}/probe", tiny_model_dir, proxy, attempts=1)
+    finally:
+        proxy.rule = forward_all
+    captured = capsys.readouterr()
+    assert status == 1 and len(lookups) == 1 + len(storage.FLOW_RETRY_DELAYS)
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stillmotion run: error: storage failed during the run ")
+    assert "run again to resume" in lines[0] and "Traceback" not in captured.err + captured.out

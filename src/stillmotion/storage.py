@@ -264,6 +264,21 @@ def _error_code(error: BaseException) -> str | None:
     return None
 
 
+FLOW_RETRY_DELAYS = [1.0, 4.0, 10.0]  # seconds before each new try of a flow-level storage call
+
+
+def retried(call, *args, **kwargs):
+    """`call(*args, **kwargs)`, tried again after each of FLOW_RETRY_DELAYS while it fails on a
+    transient storage error (`is_transient`); any other error, or the last one, is raised."""
+    for delay in [*FLOW_RETRY_DELAYS, None]:
+        try:
+            return call(*args, **kwargs)
+        except Exception as error:
+            if delay is None or not is_transient(error):
+                raise
+        time.sleep(delay)
+
+
 def _mtime(info: dict) -> float:
     """A file's modification time from fsspec's info (a number locally, a datetime on object stores)."""
     value = info.get("mtime", info.get("LastModified", info.get("created", 0)))
@@ -379,12 +394,16 @@ class ArtifactStore(Store):
 class OutputStore(Store):
     """Published videos under `{video_id}/`, complete exactly when `{video_id}/metadata.json` exists."""
 
+    # The batch flow's own calls (a lookup, a lease) are not stages that Prefect retries: they retry
+    # transient storage errors themselves (see `retried`)
+
     def is_complete(self, video_id: str) -> bool:
-        return self.exists(f"{video_id}/{METADATA}")
+        return retried(self.exists, f"{video_id}/{METADATA}")
 
     def complete_ids(self) -> set[str]:
         """The ids of every complete video, from one listing."""
-        return {path.rsplit("/", 2)[-2] for path in self.fs.glob(self.path(f"*/{METADATA}"))}
+        paths = retried(self.fs.glob, self.path(f"*/{METADATA}"))
+        return {path.rsplit("/", 2)[-2] for path in paths}
 
     def publish(self, video_id: str, files: dict[str, bytes], metadata: dict) -> None:
         """Write a video's files, metadata.json last; on local disk stage and rename into place.
@@ -408,6 +427,11 @@ class OutputStore(Store):
             self.write_folder(video_id, files, metadata)
 
     def take_lease(self, video_id: str) -> bool:
+        """See `_take_lease`; transient storage errors are tried again (a lease this process made in a
+        call whose answer was lost is taken back, see `_leaked_here`)."""
+        return retried(self._take_lease, video_id)
+
+    def _take_lease(self, video_id: str) -> bool:
         """Claim a row for this process, so that two runs on one output split the work: True if taken
         (then `release_lease`), False while another live run holds it. The lease is `.leases/{video_id}`,
         created exclusively (O_EXCL on local disk; a conditional write, If-None-Match, where the
@@ -434,10 +458,21 @@ class OutputStore(Store):
         return False
 
     def release_lease(self, video_id: str) -> None:
-        """Give a row back; only this process's own lease is deleted (never one taken over since)."""
+        """Give a row back; only this process's own lease is deleted (never one taken over since). A
+        storage error that outlasts the retries leaves the lease to expire (see `abandoned`)."""
+        url = self.url_of(f"{LEASES}/{video_id}")
+        try:
+            retried(self._release_lease, video_id)
+        except Exception:  # noqa: BLE001 - never fails a row: the lease is only left to expire
+            pass
+        finally:
+            with _LEASE_LOCK:
+                _HELD_LEASES.pop(url, None)
+
+    def _release_lease(self, video_id: str) -> None:
         name = f"{LEASES}/{video_id}"
         with _LEASE_LOCK:
-            owner = _HELD_LEASES.pop(self.url_of(name), None)
+            owner = _HELD_LEASES.get(self.url_of(name))
             if owner is not None and self._lease_holder(name) == owner:
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.rm_file(self.path(name))

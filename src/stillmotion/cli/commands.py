@@ -216,6 +216,16 @@ def _run(args: argparse.Namespace, runner) -> int:
         try:
             summary = flow(**parameters, show_progress=not args.no_progress)
             break
+        except OSError as error:  # storage that kept failing past the retries, outside any row
+            if isinstance(error, FileNotFoundError | PermissionError | IsADirectoryError):
+                raise  # a missing manifest, say: a user error of its own (one line)
+            from ..flows.tracking import RunError
+            from ..tasks.stages import one_line
+
+            raise RunError(
+                f"storage failed during the run ({one_line(error)}); the videos made are kept: run "
+                "again to resume"
+            ) from None
         except Exception as error:
             if not _prefect_conflict(error):
                 raise
