@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["spline"],
         help="frames in between; several: each made from the same key frames",
     )
+    parser.add_argument("--candidates", type=int, default=1, help="best of N key-frame sets per edit")
     parser.add_argument("--samples-per-prompt", type=int, default=8, help="0: skip the sampling check")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument(
@@ -100,6 +101,7 @@ def run(args: argparse.Namespace) -> dict:
         steps=args.steps,
         cfg_scale=args.cfg_scale,
         cross_frame=args.cross_frame,
+        candidates=args.candidates,
     ).resolve(ModelDefaults.of_folder(sd.path), synthetic=False)
     args.cfg_scale, args.cross_frame = params.cfg_scale, params.cross_frame
     args.weights = args.weights or [params.xa_guidance]
@@ -147,7 +149,8 @@ def main() -> None:
         f"{' '.join(str(w) for w in args.weights)}` "
         f"(K={args.keyframes}, N={args.frames}, steps {args.steps}, CFG {args.cfg_scale}, "
         f"cross-frame {getattr(args, 'cross_frame', None) or 'off'}, "
-        f"insertion {' / '.join(getattr(args, 'insertion', ['spline']))})\n"
+        f"insertion {' / '.join(getattr(args, 'insertion', ['spline']))}, "
+        f"best of {getattr(args, 'candidates', 1)})\n"
     )
     if accuracy:
         print(

@@ -94,6 +94,16 @@ def video_metadata(
     }
 
 
+def add_candidates(metadata: dict, candidates: list[dict]) -> None:
+    """Best of N in metadata.json: every candidate's record, and the chosen one's values as used."""
+    metadata["candidates"] = candidates
+    chosen = next(c["varied"] for c in candidates if c["chosen"])
+    if "xa_guidance" in chosen:
+        metadata["xa_guidance_used"] = chosen["xa_guidance"]
+    if "seed" in chosen:
+        metadata["seed_used"] = chosen["seed"]
+
+
 def metadata_bytes(metadata: dict, files: dict[str, bytes]) -> bytes:
     """The metadata with a content hash of every other file of the video."""
     metadata = {**metadata, "hashes": {name: sha256(data) for name, data in sorted(files.items())}}

@@ -23,12 +23,11 @@ from .models import (
     load_captioner,
     open_image,
     render_frames,
-    render_keyframes,
-    synthetic_noise,
 )
+from .models.candidates import render_candidates
 from .models.images import tensor_to_pil
 from .models.scoring import find_scorers, frame_prompts, load_scorers, video_scores
-from .outputs import image_files, mp4_bytes, sha256, video_metadata
+from .outputs import add_candidates, image_files, mp4_bytes, sha256, video_metadata
 from .storage import StorageError
 
 # stage name, steps done, steps in all
@@ -109,7 +108,7 @@ def generate_video(
     captioner_meta = None
     if request.synthetic:
         caption, caption_source = request.source_prompt, "source_prompt"
-        inverted = synthetic_noise(sd, params.seed)
+        inverted = None  # x_T from the seed (each best-of-N candidate's own), in render_candidates
     else:
         data = read_bytes(request.image)
         inputs["image_sha256"] = sha256(data)
@@ -129,7 +128,7 @@ def generate_video(
 
     # 2. reference pass and guided key frames, one loop
     start = time.perf_counter()
-    rendered = render_keyframes(
+    rendered, candidates = render_candidates(
         sd, inverted, caption, list(request.prompts), params, request.synthetic, callback=step("keyframes")
     )
     timings["keyframes"] = time.perf_counter() - start
@@ -172,6 +171,8 @@ def generate_video(
         truncated_prompts=rendered.truncated_prompts,
         param_sources=sources,
     )
+    if candidates:
+        add_candidates(metadata, candidates)
     metadata["scores"] = scores
     metadata["notes"] += [f"scores: no {name.upper()} scoring model ({why})" for name, why in missing.items()]
     return files, metadata

@@ -60,6 +60,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             steps=args.steps,
             curve=args.curve,
             insertion=args.insertion,
+            candidates=args.candidates,
             cross_frame=args.cross_frame,
             xa_guidance=args.xa_guidance,
             cfg_scale=args.cfg_scale,

@@ -137,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=_positive("--steps"), default=50, help="DDIM steps (50)")
     gen.add_argument("--curve", choices=["log", "linear"], default="log", help="edit-weight curve (log)")
     gen.add_argument(
+        "--candidates",
+        type=_positive("--candidates"),
+        default=1,
+        help="best of N: render the key frames N ways (synthetic: seeds seed..seed+N-1; real: the guidance "
+        "step x 1, 2, 1/2, 4, ...), keep the one whose edit completes with the best structure (1)",
+    )
+    gen.add_argument(
         "--insertion",
         choices=["spline", "adaptive", "motion"],
         default="spline",

@@ -34,12 +34,13 @@ MANIFEST_COLUMNS: dict[str, pa.DataType] = {
     "curve": pa.string(),
     "cross_frame": pa.string(),
     "insertion": pa.string(),  # spline | adaptive | motion
+    "candidates": pa.int64(),  # best of N key-frame sets (1)
     "batch_size": pa.int64(),  # key frames per UNet batch: memory, never the numbers (capped by --batch-size)
 }
 MANIFEST_SCHEMA = pa.schema([pa.field(name, kind) for name, kind in MANIFEST_COLUMNS.items()])
 REQUIRED_COLUMNS = ("video_id", "prompts")
 SOURCE_COLUMNS = ("image", "source_prompt")  # a manifest needs at least one; a row exactly one
-INT_COLUMNS = ("keyframes", "frames", "fps", "seed", "steps", "batch_size")
+INT_COLUMNS = ("keyframes", "frames", "fps", "seed", "steps", "batch_size", "candidates")
 FLOAT_COLUMNS = ("xa_guidance", "cfg_scale")
 
 

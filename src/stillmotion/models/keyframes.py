@@ -76,21 +76,24 @@ def guided_step(
     negative_embeds: torch.Tensor,
     edited_embeds: torch.Tensor,
     cfg_scale: float,
-    xa_guidance: float,
+    xa_guidance: float | torch.Tensor,
 ) -> torch.Tensor:
     """One pix2pix-zero editing step for B key frames at once; `store.reference` holds step t's maps.
 
-    latents (B, C, h, w) fp32; edited_embeds (B, T, D); negative_embeds (1, T, D). Without CFG
-    (scale <= 1) there is one copy per frame, conditioned on its edited embedding.
+    latents (B, C, h, w) fp32; edited_embeds (B, T, D); negative_embeds (1, T, D); xa_guidance one
+    step for all frames, or (B,) one per frame. Without CFG (scale <= 1) there is one copy per frame,
+    conditioned on its edited embedding.
     """
     frames, copies = latents.shape[0], 2 if uses_cfg(cfg_scale) else 1
+    if isinstance(xa_guidance, torch.Tensor):  # per frame: the same step for each copy of a frame
+        xa_guidance = torch.cat([xa_guidance.to(latents)] * copies)[:, None, None, None]
     if copies == 2:
         embeds = torch.cat([negative_embeds.expand(frames, -1, -1), edited_embeds])  # (2B, T, D)
     else:
         embeds = edited_embeds  # (B, T, D)
     embeds = embeds.to(unet.dtype)
     x_in = torch.cat([latents] * copies)  # (copies * B, C, h, w): [uncond copies; cond copies]
-    if xa_guidance > 0:
+    if bool((torch.as_tensor(xa_guidance) > 0).any()):
         # 1. move each copy one SGD step down its own attention-map loss (frames' losses are summed)
         x_in = x_in.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -112,14 +115,15 @@ def guided_keyframes(
     keyframe_embeds: torch.Tensor,
     steps: int,
     cfg_scale: float,
-    xa_guidance: float,
+    xa_guidance: float | torch.Tensor,
     batch_size: int = 8,
     callback: Callable[[int, int], None] | None = None,
     cross_frame: CrossFrame = "off",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise the reference (source frame) and every key frame from x_T in one loop.
 
-    inverted_noise (1, C, h, w) fp32; caption/negative embeds (1, T, D); keyframe_embeds (F, T, D).
+    inverted_noise (1, C, h, w) fp32; caption/negative embeds (1, T, D); keyframe_embeds (F, T, D);
+    xa_guidance one step for every key frame, or (F,) one per key frame (best-of-N candidates).
     Returns (source latent (1, C, h, w), key-frame latents (F, C, h, w)), both fp32.
     """
     # 1. prepare timesteps and the per-chunk state
@@ -128,6 +132,10 @@ def guided_keyframes(
     copies = 2 if uses_cfg(cfg_scale) else 1
     reference_embeds = torch.cat([negative_embeds, caption_embeds][-copies:]).to(unet.dtype)  # (copies, T, D)
     chunks = list(keyframe_embeds.split(batch_size))
+    if isinstance(xa_guidance, torch.Tensor):
+        guidance = list(xa_guidance.split(batch_size))
+    else:
+        guidance = [xa_guidance] * len(chunks)
     source = inverted_noise.clone()
     latents = [inverted_noise.expand(len(chunk), -1, -1, -1).clone() for chunk in chunks]
     # 2. denoising loop: reference pass, then a guided step for each chunk of key frames
@@ -142,7 +150,7 @@ def guided_keyframes(
             store.keyframes = True
             for j, chunk in enumerate(chunks):
                 latents[j] = guided_step(
-                    unet, scheduler, store, latents[j], t, negative_embeds, chunk, cfg_scale, xa_guidance
+                    unet, scheduler, store, latents[j], t, negative_embeds, chunk, cfg_scale, guidance[j]
                 )
             store.reference.clear()
             store.frame_kv.clear()

@@ -8,7 +8,7 @@ images = render_frames(sd, rendered, params)              # (1 + S * N, 3, H, W)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,13 +72,22 @@ def render_keyframes(
     params: MethodParams,
     synthetic: bool,
     callback: Progress | None = None,
+    guidance: Sequence[float] | None = None,
 ) -> Rendered:
-    """The reference pass and every segment's key frames, in one guided denoising loop."""
+    """The reference pass and every segment's key frames, in one guided denoising loop.
+
+    With `guidance`, every segment's key frames are made once per cross-attention guidance step in it
+    (best-of-N candidates, candidate-major: (len(guidance) * S * K, C, h, w)), batched in the same loop.
+    """
     negative = "" if synthetic else caption
     texts = [caption, negative, *prompts]
     embeds, truncated = encode_text(sd.tokenizer, sd.text_encoder, texts)  # (2 + S, T, D)
     caption_embeds, negative_embeds, prompt_embeds = embeds[:1], embeds[1:2], embeds[2:]
     edited = keyframe_embeddings(caption_embeds, prompt_embeds, params.keyframes, params.curve)
+    xa_guidance: float | torch.Tensor = params.guidance_for(synthetic)
+    if guidance is not None:
+        xa_guidance = torch.tensor([step for step in guidance for _ in range(len(edited))])
+        edited = edited.repeat(len(guidance), 1, 1)
     source, keyframes = guided_keyframes(
         sd.unet,
         sd.scheduler_config,
@@ -88,7 +97,7 @@ def render_keyframes(
         edited,
         steps=params.steps,
         cfg_scale=params.cfg,
-        xa_guidance=params.guidance_for(synthetic),
+        xa_guidance=xa_guidance,
         batch_size=params.batch_size,
         callback=callback,
         cross_frame=params.cross,

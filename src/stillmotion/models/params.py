@@ -12,6 +12,7 @@ Curve = Literal["log", "linear"]
 CrossFrame = Literal["off", "replace", "extend"]
 Insertion = Literal["spline", "adaptive", "motion"]
 INSERTIONS = ("spline", "adaptive", "motion")
+MAX_CANDIDATES = 16
 
 DEFAULT_XA_GUIDANCE_REAL = 0.1
 DEFAULT_XA_GUIDANCE_SYNTHETIC = 0.15
@@ -34,6 +35,7 @@ class MethodParams:
     # frames between key frames: the latent spline at even times, re-timed by the distance travelled
     # (adaptive), or motion-compensated in-betweens of the decoded key frames (ffmpeg minterpolate)
     insertion: Insertion = "spline"
+    candidates: int = 1  # best of N: key frames rendered N ways (see models/candidates.py), the best kept
     # regularized inversion (pix2pix-zero's defaults)
     reg_steps: int = 5  # outer regularization iterations per inversion step
     auto_corr_rolls: int = 5  # auto-correlation pyramid steps per outer iteration
@@ -57,6 +59,8 @@ class MethodParams:
             raise ValueError(f"xa_guidance must be finite and >= 0, got {self.xa_guidance}")
         if self.curve not in ("log", "linear"):
             raise ValueError(f"curve must be 'log' or 'linear', got {self.curve!r}")
+        if not 1 <= self.candidates <= MAX_CANDIDATES:
+            raise ValueError(f"candidates must be in 1..{MAX_CANDIDATES}, got {self.candidates}")
         if self.insertion not in INSERTIONS:
             raise ValueError(f"insertion must be one of {', '.join(INSERTIONS)}, got {self.insertion!r}")
         if self.cfg_scale is not None and not (1 <= self.cfg_scale < float("inf")):

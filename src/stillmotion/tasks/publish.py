@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from ..outputs import image_files, video_metadata
+from ..outputs import add_candidates, image_files, video_metadata
 from ..storage import OutputStore
 from .runtime import Job
 from .stages import artifacts, frame_images, logs_failures, retry_options
@@ -57,6 +57,8 @@ def publish_stage(
         truncated_prompts=keyframes.get("truncated_prompts", []),
         param_sources=job.param_sources,
     )
+    if keyframes.get("candidates"):
+        add_candidates(metadata, keyframes["candidates"])
     if scores:
         metadata["scores"] = scores["scores"]
         if scores.get("note"):

@@ -27,10 +27,10 @@ from ..models import (
     decode_keyframes,
     invert_source,
     render_frames,
-    render_keyframes,
 )
+from ..models.candidates import render_candidates
 from ..models.loading import captioner_identity
-from ..models.method import Rendered, synthetic_noise
+from ..models.method import Rendered
 from ..models.scoring import frame_prompts, video_scores
 from ..outputs import mp4_bytes, png_bytes, sha256
 from ..single import load_source, read_bytes
@@ -303,6 +303,7 @@ def keyframes_key(job: Job, inverted: dict | None, caption: dict) -> str:
         cfg_scale=p.cfg,
         xa_guidance=p.guidance_for(request.synthetic),
         cross_frame=p.cross,
+        **({"candidates": p.candidates} if p.candidates > 1 else {}),  # one: the keys of before
         **model_key(job),
     )
 
@@ -310,7 +311,8 @@ def keyframes_key(job: Job, inverted: dict | None, caption: dict) -> str:
 @task(**_stage_options("keyframes", keyframes_key, "safetensors"))
 @logs_failures
 def keyframes_stage(job: Job, inverted: dict | None, caption: dict) -> dict:
-    """The reference pass and every key frame under cross-attention guidance."""
+    """The reference pass and every key frame under cross-attention guidance (the best of the row's
+    candidates, each candidate's judgement in the record)."""
     key, store = keyframes_key(job, inverted, caption), artifacts(job.cache_url)
     if job.force or not store.intact(key, "safetensors"):
         request = job.request
@@ -318,21 +320,21 @@ def keyframes_stage(job: Job, inverted: dict | None, caption: dict) -> dict:
         with device_lock(job.device):
             compute_start = time.perf_counter()
             sd = stable_diffusion(job)
-            if inverted:
-                noise = store.get_tensors(inverted["key"])["inverted_noise"]
-            else:
-                noise = synthetic_noise(sd, request.params.seed)
-            rendered, batch = fitted_batches(
+            noise = store.get_tensors(inverted["key"])["inverted_noise"] if inverted else None
+            (rendered, candidates), batch = fitted_batches(
                 job,
-                lambda params: render_keyframes(
+                lambda params: render_candidates(
                     sd, noise, caption["caption"], list(request.prompts), params, request.synthetic
                 ),
             )
-        record = timing(job, started, compute_start)
+        record = {**timing(job, started, compute_start), "batch_size": batch}
+        record["truncated_prompts"] = rendered.truncated_prompts
+        if candidates:
+            record["candidates"] = candidates
         store.put_tensors(
             key,
             {"source_latent": rendered.source_latent, "keyframe_latents": rendered.keyframe_latents},
-            record={**record, "batch_size": batch, "truncated_prompts": rendered.truncated_prompts},
+            record=record,
         )
         COMPUTED["keyframes"] += 1
     return {"key": key, **store.get_json(key)}

@@ -17,6 +17,7 @@ import torch
 
 from ..metrics import edge_ssim, temporal_smoothness
 from ..models import MethodParams, StableDiffusion, guided_keyframes, keyframe_embeddings
+from ..models.candidates import render_candidates
 from ..models.method import Rendered, invert_source, render_frames
 from ..models.text import encode_text
 from .judge import centroid, judge, mask_iou
@@ -138,26 +139,32 @@ def score_source(
     scores = []
     for weight in weights:
         start = time.perf_counter()
-        source, keyframes = guided_keyframes(
-            sd.unet,
-            sd.scheduler_config,
-            inverted,
-            caption,
-            caption,
-            edited,
-            params.steps,
-            params.cfg,
-            weight,
-            batch_size=params.batch_size,
-            cross_frame=params.cross,
-        )
+        if params.candidates > 1:  # best of N, one edit at a time (as the pipeline runs a video)
+            guided = dataclasses.replace(params, xa_guidance=weight)
+            made = [render_candidates(sd, inverted, source.caption, [p], guided, False)[0] for _, p in goals]
+            source_latent = made[0].source_latent
+            keyframes = torch.cat([rendered.keyframe_latents for rendered in made])
+        else:
+            source_latent, keyframes = guided_keyframes(
+                sd.unet,
+                sd.scheduler_config,
+                inverted,
+                caption,
+                caption,
+                edited,
+                params.steps,
+                params.cfg,
+                weight,
+                batch_size=params.batch_size,
+                cross_frame=params.cross,
+            )
         seconds = (time.perf_counter() - start) / len(goals) + invert_seconds
         ways = insertions or [params.insertion]
         for (i, (colour, _)), insertion in itertools.product(enumerate(goals), ways):
             segment = keyframes[i * params.keyframes : (i + 1) * params.keyframes]
             start = time.perf_counter()
             inserting = dataclasses.replace(params, insertion=insertion)
-            frames = _uint8(render_frames(sd, Rendered(source, segment), inserting))  # the same key frames
+            frames = _uint8(render_frames(sd, Rendered(source_latent, segment), inserting))  # same key frames
             insert_seconds = time.perf_counter() - start
             verdicts = [judge(frame) for frame in frames]
             last = verdicts[-1]
