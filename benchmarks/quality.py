@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--insertion",
         nargs="+",
         choices=["spline", "adaptive", "motion"],
-        default=["spline"],
+        default=[MethodParams().insertion],
         help="frames in between; several: each made from the same key frames",
     )
     parser.add_argument("--candidates", type=int, default=1, help="best of N key-frame sets per edit")

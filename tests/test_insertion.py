@@ -108,7 +108,7 @@ def test_insertion_is_a_manifest_column_and_changes_only_the_frames(prefect_serv
     summary = batch_flow(str(tmp_path / "m.parquet"), output, model=str(tiny_model_dir), in_flight=1)
     assert summary["done"] == 4
     delta = COMPUTED - before
-    assert delta["keyframes"] == 1 and delta["frames"] == 3  # one set of key frames; the default is spline
+    assert delta["keyframes"] == 1 and delta["frames"] == 3  # one set of key frames; the default: adaptive
     ids = table.column("video_id").to_pylist()
     params = [json.loads((tmp_path / "out" / v / "metadata.json").read_text())["params"] for v in ids]
-    assert [p["insertion"] for p in params] == ["spline", "adaptive", "motion", "spline"]
+    assert [p["insertion"] for p in params] == ["spline", "adaptive", "motion", "adaptive"]

@@ -146,9 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--insertion",
         choices=["spline", "adaptive", "motion"],
-        default="spline",
-        help="frames between key frames: the latent spline at even times (spline), re-timed so every "
-        "step is the same size (adaptive), or motion-compensated in-betweens of the key frames (motion)",
+        default="adaptive",
+        help="frames between key frames: the latent spline re-timed so every step is about the same size "
+        "(adaptive, the default), at even times (spline), or motion-compensated in-betweens of the key "
+        "frames (motion)",
     )
     gen.add_argument(
         "--cross-frame",

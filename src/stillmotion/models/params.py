@@ -32,9 +32,10 @@ class MethodParams:
     cfg_scale: float | None = None  # CFG scale of reference and key frames; 1: CFG off; None: the model's
     xa_guidance: float | None = None  # cross-attention guidance step; None: the model's default for the mode
     curve: Curve = "log"  # edit-weight curve: ln(1 + k(e-1)/K) or k/K
-    # frames between key frames: the latent spline at even times, re-timed by the distance travelled
-    # (adaptive), or motion-compensated in-betweens of the decoded key frames (ffmpeg minterpolate)
-    insertion: Insertion = "spline"
+    # frames between key frames: the latent spline at even times, re-timed by the distance its decoded
+    # frames travel (adaptive: the default, benchmarks/RESULTS.md 2026-12-03: worst step 1.47x the mean
+    # instead of 2.78x, structure better), or motion-compensated in-betweens (ffmpeg minterpolate)
+    insertion: Insertion = "adaptive"
     candidates: int = 1  # best of N: key frames rendered N ways (see models/candidates.py), the best kept
     # regularized inversion (pix2pix-zero's defaults)
     reg_steps: int = 5  # outer regularization iterations per inversion step
