@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import PIL.Image
 import pyarrow as pa
@@ -150,7 +151,7 @@ def test_a_storage_error_reading_an_image_names_the_file(monkeypatch):
     def failing_open(url, *args, **kwargs):
         raise unavailable(url)
 
-    monkeypatch.setattr(single.fsspec, "open", failing_open)
+    monkeypatch.setattr(fsspec, "open", failing_open)
     with pytest.raises(StorageError) as caught:
         single.read_bytes("s3://bucket/images/cat.png")
     assert str(caught.value) == "cannot read image s3://bucket/images/cat.png: Service Unavailable"
@@ -213,7 +214,7 @@ def test_cuda_out_of_memory_halves_the_batch_which_stays_out_of_the_keys(
     tiny_model_dir, tmp_path, monkeypatch
 ):
     rows, output = manifest(tmp_path / "m.parquet", ["v"]), tmp_path / "out"
-    real, tried = stages.render_keyframes, []
+    real, tried = stages.render_candidates, []
 
     def small_gpu(sd, noise, caption, prompts, params, synthetic):
         tried.append(params.batch_size)
@@ -221,7 +222,7 @@ def test_cuda_out_of_memory_halves_the_batch_which_stays_out_of_the_keys(
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(sd, noise, caption, prompts, params, synthetic)
 
-    monkeypatch.setattr(stages, "render_keyframes", small_gpu)
+    monkeypatch.setattr(stages, "render_candidates", small_gpu)
     assert batch_flow(rows, str(output), model=str(tiny_model_dir))["done"] == 1
     assert tried == [8, 4, 2]  # the row's batch (8), halved until it fit
     metadata = json.loads((output / "v" / "metadata.json").read_text())
@@ -243,7 +244,7 @@ def test_cuda_out_of_memory_halves_the_batch_which_stays_out_of_the_keys(
     # out of memory at a batch of 1: the row fails with the reason
     monkeypatch.setattr(
         stages,
-        "render_keyframes",
+        "render_candidates",
         lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")),
     )
     shutil.rmtree(fresh)

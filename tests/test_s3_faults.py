@@ -226,13 +226,13 @@ def test_flaky_s3_finishes_every_row_with_no_partial_object(
 ):
     fs, proxy = s3
     rendered = Counter()  # key frame computations per prompt list: one per attempt of the stage
-    real_render = stages.render_keyframes
+    real_render = stages.render_candidates
 
-    def render_keyframes(sd, noise, caption, prompts, *args, **kwargs):
+    def render_candidates(sd, noise, caption, prompts, *args, **kwargs):
         rendered[tuple(prompts)] += 1
         return real_render(sd, noise, caption, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(stages, "render_keyframes", render_keyframes)
+    monkeypatch.setattr(stages, "render_candidates", render_candidates)
     # botocore tries each request 5 times (attempts=5 below), each time s3fs tries it (5 times); its waits
     # between tries (up to 8 s) are shortened, for speed alone
     monkeypatch.setattr(standard_retries.ExponentialBackoff, "delay_amount", lambda self, context: 0.02)

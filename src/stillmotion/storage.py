@@ -23,15 +23,16 @@ import socket
 import threading
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 import fsspec
 import fsspec.config
-import torch
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 
 from . import ALGORITHM_VERSION
 from .outputs import METADATA, metadata_bytes, sha256
+
+if TYPE_CHECKING:  # torch and safetensors load on first use: the manifest code never needs them
+    import torch
 
 STORAGE_OPTIONS_ENV = "STILLMOTION_STORAGE_OPTIONS"
 TEMPORARY_PREFIX = ".tmp-"  # a local file being written; renamed into place when whole
@@ -331,6 +332,8 @@ class ArtifactStore(Store):
         self.write_bytes(f"{key}.{ext}", data)  # written last: the artifact's marker
 
     def put_tensors(self, key: str, tensors: dict[str, torch.Tensor], record: dict | None = None) -> None:
+        from safetensors.torch import save as save_tensors
+
         data = save_tensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
         self.put(key, "safetensors", data, record)
 
@@ -368,6 +371,8 @@ class ArtifactStore(Store):
         return data
 
     def get_tensors(self, key: str) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load as load_tensors
+
         data = self.get_file(key, "safetensors")
         try:
             return load_tensors(data)

@@ -32,7 +32,7 @@ COMMANDS = {
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the user can fix this": one line, no traceback."""
-    from ..flows.batch import RunError
+    from ..flows.tracking import RunError
     from ..manifests import ManifestError
     from ..models import DeviceNotAvailable, ImageError, ModelNotAvailable
     from ..storage import OutputError
@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        _quiet_libraries()  # imports torch and the model libraries: seconds in which Ctrl-C may come
+        if args.command != "validate":  # validate reads manifests and images: no model library
+            _quiet_libraries()  # imports torch and the model libraries: seconds in which Ctrl-C may come
         return COMMANDS[args.command](args)
     except UsageError as error:
         print(f"stillmotion {args.command}: error: {error}", file=sys.stderr)

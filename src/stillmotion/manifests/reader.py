@@ -23,7 +23,7 @@ import fsspec
 import pyarrow.parquet as pq
 
 from ..models.params import MethodParams
-from ..single import VideoRequest
+from ..requests import VideoRequest
 from .schema import (
     FLOAT_COLUMNS,
     INT_COLUMNS,

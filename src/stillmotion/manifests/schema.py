@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from ..single import VideoRequest
+from ..requests import VideoRequest
 
 VIDEO_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Names the output root uses for itself; a video folder may not take them (compared case-insensitively,

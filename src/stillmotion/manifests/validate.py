@@ -10,7 +10,7 @@ import PIL.Image
 from fsspec.core import split_protocol
 
 from ..models.images import ImageError, open_image
-from ..single import read_bytes
+from ..requests import read_bytes
 from .reader import iter_manifest
 from .schema import ManifestRow, RowError
 

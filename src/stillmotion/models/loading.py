@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import DeviceNotAvailable, ModelNotAvailable  # noqa: F401 - also imported from here
 from .params import ModelDefaults
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
@@ -27,16 +28,8 @@ _WEIGHT_IGNORE = ["*.bin", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.pb", "*fp
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class ModelNotAvailable(RuntimeError):
-    """The requested weights cannot be found locally and cannot be downloaded."""
-
-
 def default_model() -> str:
     return os.environ.get("STILLMOTION_MODEL", DEFAULT_MODEL)
-
-
-class DeviceNotAvailable(ValueError):
-    """The requested device is not a device torch knows, or is not present on this machine."""
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")

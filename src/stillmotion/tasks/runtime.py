@@ -25,7 +25,7 @@ from ..models import (
 )
 from ..models.loading import LOCAL_REVISION_PREFIX, resolve_model
 from ..models.scoring import Scorers, load_scorers
-from ..single import VideoRequest
+from ..requests import VideoRequest
 
 _GUARD = threading.Lock()
 _DEVICE_LOCKS: dict[str, threading.RLock] = {}
