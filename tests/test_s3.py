@@ -91,3 +91,37 @@ def test_flow_on_s3_resumes_and_leaks_no_secret(s3, tiny_model_dir, capsys):
     captured = capsys.readouterr()
     for text in (written, (captured.out + captured.err).encode()):
         assert SECRET.encode() not in text and KEY.encode() not in text
+
+
+def test_a_lease_on_s3_is_a_conditional_write_two_machines_cannot_both_take(s3, monkeypatch):
+    """On an object store the lease is created with If-None-Match (moto answers 412 as S3 does): a
+    second machine's claim of a held row fails, it never overwrites the holder's lease."""
+    from stillmotion import storage
+
+    fs, endpoint = s3
+    options = {"endpoint_url": endpoint, "key": KEY, "secret": SECRET}
+    here = storage.OutputStore("s3://bucket/leases", options)
+    assert here.take_lease("a")
+    lease = fs.cat_file("bucket/leases/.leases/a").decode()
+    held = dict(storage._HELD_LEASES)
+    monkeypatch.setattr(storage, "machine_id", lambda: "elsewhere")  # another machine, on the same bucket
+    storage._HELD_LEASES.clear()
+    there = storage.OutputStore("s3://bucket/leases", options)
+    writes, real_pipe = [], there.fs.pipe_file
+
+    def pipe_file(path, data, *args, **kwargs):  # every object write: its mode
+        writes.append(kwargs.get("mode", "overwrite"))
+        return real_pipe(path, data, *args, **kwargs)
+
+    monkeypatch.setattr(there.fs, "pipe_file", pipe_file)
+    assert not there.take_lease("a")  # held by a live run elsewhere (fresh: not an hour old)
+    assert writes == ["create"]  # one conditional write, refused by the store
+    fs.invalidate_cache()
+    assert fs.cat_file("bucket/leases/.leases/a").decode() == lease  # the holder's, untouched
+    assert there.take_lease("b")  # a free row it does take
+    storage._HELD_LEASES.clear()
+    storage._HELD_LEASES.update(held)
+    monkeypatch.undo()
+    here.release_lease("a")
+    fs.invalidate_cache()
+    assert not fs.exists("bucket/leases/.leases/a")
