@@ -15,7 +15,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from .attention import AttentionStore, CrossFrame, attention_store
-from .params import Curve
+from .params import Curve, XaSchedule
 
 
 def edit_weights(keyframes: int, curve: Curve = "log") -> list[float]:
@@ -40,6 +40,17 @@ def keyframe_embeddings(
     step = (directions - previous)[:, None]  # (S, 1, T, D)
     embeds = caption_embeds + previous[:, None] + weights[None, :, None, None] * step  # (S, K, T, D)
     return embeds.reshape(-1, *caption_embeds.shape[1:])
+
+
+def guidance_at(
+    step: int, steps: int, xa_guidance: float, until: float = 1.0, schedule: XaSchedule = "constant"
+) -> float:
+    """The guidance step at denoising step `step` (0-based): `xa_guidance` for the first `until` of the
+    steps ("constant"), or falling linearly from it to 0 there ("linear"); 0 after."""
+    active = math.ceil(until * steps - 1e-9)
+    if step >= active:
+        return 0.0
+    return xa_guidance if schedule == "constant" else xa_guidance * (1 - step / active)
 
 
 def uses_cfg(scale: float) -> bool:
@@ -116,10 +127,13 @@ def guided_keyframes(
     batch_size: int = 8,
     callback: Callable[[int, int], None] | None = None,
     cross_frame: CrossFrame = "off",
+    guidance_until: float = 1.0,
+    guidance_schedule: XaSchedule = "constant",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise the reference (source frame) and every key frame from x_T in one loop.
 
     inverted_noise (1, C, h, w) fp32; caption/negative embeds (1, T, D); keyframe_embeds (F, T, D).
+    Guidance runs for the first `guidance_until` of the steps (see `guidance_at`).
     Returns (source latent (1, C, h, w), key-frame latents (F, C, h, w)), both fp32.
     """
     # 1. prepare timesteps and the per-chunk state
@@ -140,9 +154,10 @@ def guided_keyframes(
                 classifier_free_guidance(noise.sample.float(), cfg_scale), t, source
             ).prev_sample
             store.keyframes = True
+            weight = guidance_at(i, steps, xa_guidance, guidance_until, guidance_schedule)
             for j, chunk in enumerate(chunks):
                 latents[j] = guided_step(
-                    unet, scheduler, store, latents[j], t, negative_embeds, chunk, cfg_scale, xa_guidance
+                    unet, scheduler, store, latents[j], t, negative_embeds, chunk, cfg_scale, weight
                 )
             store.reference.clear()
             store.frame_kv.clear()

@@ -7,16 +7,18 @@ key frames are denoised in one guided loop (they share the source's x_T and refe
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import PIL.Image
 import torch
 
 from ..metrics import edge_ssim, temporal_smoothness
-from ..models import MethodParams, StableDiffusion, guided_keyframes, keyframe_embeddings, spline_frames
+from ..models import MethodParams, StableDiffusion, guided_keyframes, spline_frames
+from ..models.images import pil_to_tensor
 from ..models.insertion import decode_latents
-from ..models.method import invert_source
+from ..models.inversion import encode_latents
+from ..models.method import edit_embeddings, inbetween_latents, invert_source
 from ..models.text import encode_text
 from .judge import centroid, judge, mask_iou
 from .world import COLOURS, SHAPES, SIZE, Truth, hue_to_rgb, render, sample_truth, shape_mask
@@ -41,6 +43,14 @@ class EditScore:
     last_iou: float = 0.0  # mask IoU of the last key frame against the source
     detour: bool = False  # some frame's hue leaves the short arc from the source's hue to the target's
     hollow: bool = False  # the last frame is empty, or its shape covers under HOLLOW of the source's area
+    key_detour: bool = False  # a key frame's hue is off the path (the frames the embeddings make)
+    spline_detour: bool = False  # a frame between key frames is off the path (latent interpolation)
+    recon_iou: float = 0.0  # the reference pass (x_T denoised with the caption, no edit) against the source
+    recon_colour_ok: bool = False  # ... keeps the source's colour
+    vae_iou: float = 0.0  # the VAE alone (encode, decode) against the source: the floor of any edit's error
+    hues: list = field(default_factory=list)  # every frame's foreground hue (None: empty), source first
+    ious: list = field(default_factory=list)  # every frame's mask IoU against the source
+    variant: str = ""  # the method option(s) that differ from the model's defaults, for the report
 
 
 def off_path(hue: float, start: float, end: float, tolerance: float = DETOUR_DEGREES) -> bool:
@@ -110,6 +120,7 @@ def score_source(
     weights: list[float],
     params: MethodParams,
     targets: int = 3,
+    variant: str = "",
 ) -> list[EditScore]:
     """Invert one toy image once; edit it towards each target colour at each guidance weight."""
     source = truth if isinstance(truth, Source) else Source(truth, render(truth), sized=True)
@@ -121,15 +132,23 @@ def score_source(
     start = time.perf_counter()
     inverted = invert_source(sd, image, source.caption, params)
     invert_seconds = time.perf_counter() - start
+    with torch.no_grad():  # the VAE alone: encode and decode, the floor under every frame's error
+        vae_frame = _uint8(decode_latents(sd.vae, encode_latents(sd.vae, pil_to_tensor(image))))[0]
+    vae_iou = mask_iou(judge(vae_frame).mask, source_mask)
     goals = edit_prompts(truth, targets, sized=source.sized)
-    embeds, _ = encode_text(sd.tokenizer, sd.text_encoder, [source.caption] + [p for _, p in goals])
+    prompts = [p for _, p in goals]
+    embeds, _ = encode_text(sd.tokenizer, sd.text_encoder, [source.caption] + prompts)
     caption = embeds[:1]
+    # every target is its own one-segment video: its key-frame embeddings, side by side
     edited = torch.cat(
         [
-            keyframe_embeddings(caption, embeds[i + 1 : i + 2], params.keyframes, params.curve)
-            for i in range(len(goals))
+            edit_embeddings(sd, source.caption, caption, [prompt], embeds[i + 1 : i + 2], params)
+            for i, prompt in enumerate(prompts)
         ]
-    )  # (targets * K, T, D)
+    )  # (targets * K, T, D), or (targets, T, D) with in-between key frames from latents
+    denoised = edited.shape[0] // len(goals)  # key frames denoised per target
+    frames_n = params.frames_per_segment  # frame j of a segment is a key frame where jK/N is whole
+    key_times = {j for j in range(1, frames_n + 1) if j * params.keyframes % frames_n == 0}
     scores = []
     for weight in weights:
         start = time.perf_counter()
@@ -145,10 +164,12 @@ def score_source(
             weight,
             batch_size=params.batch_size,
             cross_frame=params.cross,
+            guidance_until=params.guidance_until,
+            guidance_schedule=params.guidance_schedule,
         )
         seconds = (time.perf_counter() - start) / len(goals) + invert_seconds
         for i, (colour, _) in enumerate(goals):
-            segment = keyframes[i * params.keyframes : (i + 1) * params.keyframes]
+            segment = inbetween_latents(source, keyframes[i * denoised : (i + 1) * denoised], params)
             latents = torch.cat(
                 [source, spline_frames(source, segment, params.keyframes, params.frames_per_segment)]
             )
@@ -160,6 +181,8 @@ def score_source(
                 for v in verdicts
             ]
             smooth = temporal_smoothness(frames)
+            ious = [mask_iou(v.mask, source_mask) for v in verdicts]
+            off = [v.hue is not None and off_path(v.hue, source_hue, COLOURS[colour]) for v in verdicts]
             scores.append(
                 EditScore(
                     truth,
@@ -167,17 +190,23 @@ def score_source(
                     weight,
                     last.colour == colour,
                     last.shape == truth.shape,
-                    float(np.mean([mask_iou(v.mask, source_mask) for v in verdicts])),
+                    float(np.mean(ious)),
                     float(np.mean(shifts)),
                     float(np.mean([edge_ssim(frame, np.asarray(image)) for frame in frames])),
                     smooth["mean_step"],
                     smooth["worst_over_mean"],
                     seconds,
-                    last_iou=float(mask_iou(last.mask, source_mask)),
-                    detour=any(
-                        off_path(v.hue, source_hue, COLOURS[colour]) for v in verdicts if v.hue is not None
-                    ),
+                    last_iou=float(ious[-1]),
+                    detour=any(off),
                     hollow=bool(last.colour is None or last.mask.sum() < HOLLOW * source_mask.sum()),
+                    key_detour=any(off[j] for j in key_times),
+                    spline_detour=any(off[j] for j in range(1, len(off)) if j not in key_times),
+                    recon_iou=float(ious[0]),
+                    recon_colour_ok=verdicts[0].colour == truth.colour,
+                    vae_iou=float(vae_iou),
+                    hues=[None if v.hue is None else float(v.hue) for v in verdicts],
+                    ious=[float(x) for x in ious],
+                    variant=variant,
                 )
             )
     return scores
@@ -244,6 +273,11 @@ def summarize(scores: list[EditScore]) -> list[dict]:
                 "last_iou": float(np.mean([s.last_iou for s in group])),
                 "detours": float(np.mean([s.detour for s in group])),
                 "hollow_last": float(np.mean([s.hollow for s in group])),
+                "key_detours": float(np.mean([s.key_detour for s in group])),
+                "spline_detours": float(np.mean([s.spline_detour for s in group])),
+                "recon_iou": float(np.mean([s.recon_iou for s in group])),
+                "recon_colour": float(np.mean([s.recon_colour_ok for s in group])),
+                "vae_iou": float(np.mean([s.vae_iou for s in group])),
                 "shape_kept": float(np.mean([s.shape_ok for s in group])),
                 "mask_iou": float(np.mean([s.iou for s in group])),
                 "centroid_shift_px": float(np.mean([s.centroid_shift for s in group])),
