@@ -180,7 +180,9 @@ class MethodParams:
             ("inbetween", self.inbetween, "inbetween"),
         ):
             values[name] = given if given is not None else getattr(defaults, default)
-            sources[name] = "given" if given is not None else defaults.source_of(default)
+            source = "given" if given is not None else defaults.source_of(default)
+            if name in ("cfg_scale", "xa_guidance", "cross_frame") or source != "default":
+                sources[name] = source  # the edit options appear only when not left at the method's
         return dataclasses.replace(self, **values), sources
 
     def to_dict(self) -> dict:

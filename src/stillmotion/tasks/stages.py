@@ -293,6 +293,7 @@ def keyframes_key(job: Job, inverted: dict | None, caption: dict) -> str:
         cfg_scale=p.cfg,
         xa_guidance=p.guidance_for(request.synthetic),
         cross_frame=p.cross,
+        **p.keyframe_options(),  # only those off their defaults: a default run keeps its old key
         **model_key(job),
     )
 
