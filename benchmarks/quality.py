@@ -84,6 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["embedding", "latent"],
         help="in-between key frames from edited embeddings, or latent interpolation (default: the model's)",
     )
+    parser.add_argument(
+        "--negative",
+        choices=["caption", "empty"],
+        help="real mode's CFG negative for the key frames (default: the model's)",
+    )
     parser.add_argument("--label", default="", help="a name for this variant in the report")
     parser.add_argument("--samples-per-prompt", type=int, default=8, help="0: skip the sampling check")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
@@ -127,6 +132,7 @@ def run(args: argparse.Namespace) -> dict:
         xa_until=args.xa_until,
         xa_schedule=args.xa_schedule,
         inbetween=args.inbetween,
+        negative=args.negative,
     ).resolve(ModelDefaults.of_folder(sd.path), synthetic=False)
     args.cfg_scale, args.cross_frame = params.cfg_scale, params.cross_frame
     args.options = params.keyframe_options()

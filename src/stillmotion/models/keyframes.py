@@ -129,17 +129,24 @@ def guided_keyframes(
     cross_frame: CrossFrame = "off",
     guidance_until: float = 1.0,
     guidance_schedule: XaSchedule = "constant",
+    keyframe_negative_embeds: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise the reference (source frame) and every key frame from x_T in one loop.
 
     inverted_noise (1, C, h, w) fp32; caption/negative embeds (1, T, D); keyframe_embeds (F, T, D).
-    Guidance runs for the first `guidance_until` of the steps (see `guidance_at`).
+    Guidance runs for the first `guidance_until` of the steps (see `guidance_at`). With
+    `keyframe_negative_embeds` (1, T, D) the key frames' CFG takes it as the negative, while the reference
+    pass follows its conditional prediction alone (what a negative equal to the caption gives) and
+    records its uncond maps under that negative, for the key frames' uncond copies to match.
     Returns (source latent (1, C, h, w), key-frame latents (F, C, h, w)), both fp32.
     """
     # 1. prepare timesteps and the per-chunk state
     scheduler = DDIMScheduler.from_config(scheduler_config)
     scheduler.set_timesteps(steps, device=inverted_noise.device)
     copies = 2 if uses_cfg(cfg_scale) else 1
+    own_negative = keyframe_negative_embeds is not None
+    if own_negative:  # the key frames' negative differs from the reference's: see the docstring
+        negative_embeds = keyframe_negative_embeds
     reference_embeds = torch.cat([negative_embeds, caption_embeds][-copies:]).to(unet.dtype)  # (copies, T, D)
     chunks = list(keyframe_embeds.split(batch_size))
     source = inverted_noise.clone()
@@ -149,10 +156,9 @@ def guided_keyframes(
         for i, t in enumerate(scheduler.timesteps):
             store.mode, store.keyframes = "record", False
             x_in = torch.cat([source] * copies).to(unet.dtype)
-            noise = unet(x_in, t, encoder_hidden_states=reference_embeds)
-            source = scheduler.step(
-                classifier_free_guidance(noise.sample.float(), cfg_scale), t, source
-            ).prev_sample
+            noise = unet(x_in, t, encoder_hidden_states=reference_embeds).sample.float()
+            noise = noise.chunk(copies)[-1] if own_negative else classifier_free_guidance(noise, cfg_scale)
+            source = scheduler.step(noise, t, source).prev_sample
             store.keyframes = True
             weight = guidance_at(i, steps, xa_guidance, guidance_until, guidance_schedule)
             for j, chunk in enumerate(chunks):

@@ -94,9 +94,18 @@ def render_keyframes(
         cross_frame=params.cross,
         guidance_until=params.guidance_until,
         guidance_schedule=params.guidance_schedule,
+        keyframe_negative_embeds=keyframe_negative(sd, params, synthetic),
     )
     cut = sorted({text for text, was_cut in zip(texts, truncated, strict=True) if was_cut})
     return Rendered(source, inbetween_latents(source, keyframes, params), cut)
+
+
+def keyframe_negative(sd: StableDiffusion, params: MethodParams, synthetic: bool) -> torch.Tensor | None:
+    """The key frames' own CFG negative, E(""), where real mode asks for the empty prompt; None: the
+    reference's negative (the caption in real mode, "" in synthetic mode)."""
+    if synthetic or params.negative_prompt == "caption":
+        return None
+    return encode_text(sd.tokenizer, sd.text_encoder, [""])[0]
 
 
 def word_change(caption: str, prompt: str) -> tuple[str, str] | None:

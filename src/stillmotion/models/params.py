@@ -13,6 +13,7 @@ CrossFrame = Literal["off", "replace", "extend"]
 Direction = Literal["prompt", "sentences"]
 Inbetween = Literal["embedding", "latent"]
 XaSchedule = Literal["constant", "linear"]
+Negative = Literal["caption", "empty"]
 # the sentences a "sentences" edit direction substitutes the changed word into, when neither the user nor
 # the model folder gives its own (pix2pix-zero averages ~1,000 generated sentences per word; these are
 # a short, generic stand-in for nouns)
@@ -34,7 +35,8 @@ DEFAULT_DIRECTION_TEMPLATES = (
 DEFAULT_XA_GUIDANCE_REAL = 0.1
 DEFAULT_XA_GUIDANCE_SYNTHETIC = 0.15
 DEFAULT_CFG_SCALE = 5.0
-WORD_DEFAULTS = ("cross_frame", "direction", "xa_schedule", "inbetween")  # model defaults that are strings
+# the model defaults that are words, not numbers
+WORD_DEFAULTS = ("cross_frame", "direction", "xa_schedule", "inbetween", "negative")
 MODEL_DEFAULTS_FILE = "stillmotion.json"  # beside model_index.json: the model's own method defaults
 
 
@@ -72,6 +74,11 @@ class MethodParams:
     # interpolated in latent space between the previous anchor and the segment's last key frame, which
     # alone is denoised ("latent"); None: the model's ("embedding")
     inbetween: Inbetween | None = None
+    # real mode's CFG negative for the key frames: the caption (pix2pix-zero: CFG then extrapolates along
+    # the edit direction, eps_c + s (eps_edit - eps_c)) or the empty prompt (plain CFG towards the edited
+    # embedding); the reference pass stays the caption's conditional prediction either way. None: the
+    # model's ("caption"). Synthetic mode always uses the empty prompt.
+    negative: Negative | None = None
 
     def __post_init__(self) -> None:
         if self.keyframes < 1:
@@ -105,6 +112,8 @@ class MethodParams:
             raise ValueError(f"xa_until must be in (0, 1], got {self.xa_until}")
         if self.xa_schedule not in (None, "constant", "linear"):
             raise ValueError(f"xa_schedule must be 'constant' or 'linear', got {self.xa_schedule!r}")
+        if self.negative not in (None, "caption", "empty"):
+            raise ValueError(f"negative must be 'caption' or 'empty', got {self.negative!r}")
         if self.inbetween not in (None, "embedding", "latent"):
             raise ValueError(f"inbetween must be 'embedding' or 'latent', got {self.inbetween!r}")
 
@@ -149,6 +158,10 @@ class MethodParams:
     def inbetween_mode(self) -> Inbetween:
         return self.inbetween or "embedding"
 
+    @property
+    def negative_prompt(self) -> Negative:
+        return self.negative or "caption"
+
     def keyframe_options(self) -> dict:
         """The key-frame options that differ from the method's defaults (for cache keys: a run with the
         defaults keeps the keys it had before these options existed)."""
@@ -157,6 +170,7 @@ class MethodParams:
             "xa_until": (self.guidance_until, 1.0),
             "xa_schedule": (self.guidance_schedule, "constant"),
             "inbetween": (self.inbetween_mode, "embedding"),
+            "negative": (self.negative_prompt, "caption"),
         }
         changed = {name: value for name, (value, default) in options.items() if value != default}
         if self.edit_direction == "sentences":
@@ -178,6 +192,7 @@ class MethodParams:
             ("xa_until", self.xa_until, "xa_until"),
             ("xa_schedule", self.xa_schedule, "xa_schedule"),
             ("inbetween", self.inbetween, "inbetween"),
+            ("negative", self.negative, "negative"),
         ):
             values[name] = given if given is not None else getattr(defaults, default)
             source = "given" if given is not None else defaults.source_of(default)
@@ -206,6 +221,7 @@ class ModelDefaults:
     xa_until: float = 1.0
     xa_schedule: str = "constant"
     inbetween: str = "embedding"
+    negative: str = "caption"
     from_model: frozenset[str] = frozenset()  # the names the model folder set
 
     def source_of(self, name: str) -> str:
@@ -246,6 +262,7 @@ class ModelDefaults:
                 xa_until=defaults.xa_until,
                 xa_schedule=defaults.xa_schedule,
                 inbetween=defaults.inbetween,
+                negative=defaults.negative,
             )
         except (ValueError, TypeError) as error:
             raise ValueError(f"{path}: {error}") from None

@@ -18,7 +18,7 @@ from ..models import MethodParams, StableDiffusion, guided_keyframes, spline_fra
 from ..models.images import pil_to_tensor
 from ..models.insertion import decode_latents
 from ..models.inversion import encode_latents
-from ..models.method import edit_embeddings, inbetween_latents, invert_source
+from ..models.method import edit_embeddings, inbetween_latents, invert_source, keyframe_negative
 from ..models.text import encode_text
 from .judge import centroid, judge, mask_iou
 from .world import COLOURS, SHAPES, SIZE, Truth, hue_to_rgb, render, sample_truth, shape_mask
@@ -166,6 +166,7 @@ def score_source(
             cross_frame=params.cross,
             guidance_until=params.guidance_until,
             guidance_schedule=params.guidance_schedule,
+            keyframe_negative_embeds=keyframe_negative(sd, params, synthetic=False),
         )
         seconds = (time.perf_counter() - start) / len(goals) + invert_seconds
         for i, (colour, _) in enumerate(goals):
