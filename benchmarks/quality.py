@@ -89,6 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["caption", "empty"],
         help="real mode's CFG negative for the key frames (default: the model's)",
     )
+    parser.add_argument(
+        "--negative-until", type=float, help="--negative empty for the first fraction of steps only"
+    )
     parser.add_argument("--label", default="", help="a name for this variant in the report")
     parser.add_argument("--samples-per-prompt", type=int, default=8, help="0: skip the sampling check")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
@@ -133,6 +136,7 @@ def run(args: argparse.Namespace) -> dict:
         xa_schedule=args.xa_schedule,
         inbetween=args.inbetween,
         negative=args.negative,
+        negative_until=args.negative_until,
     ).resolve(ModelDefaults.of_folder(sd.path), synthetic=False)
     args.cfg_scale, args.cross_frame = params.cfg_scale, params.cross_frame
     args.options = params.keyframe_options()

@@ -130,6 +130,7 @@ def guided_keyframes(
     guidance_until: float = 1.0,
     guidance_schedule: XaSchedule = "constant",
     keyframe_negative_embeds: torch.Tensor | None = None,
+    negative_until: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise the reference (source frame) and every key frame from x_T in one loop.
 
@@ -137,23 +138,24 @@ def guided_keyframes(
     Guidance runs for the first `guidance_until` of the steps (see `guidance_at`). With
     `keyframe_negative_embeds` (1, T, D) the key frames' CFG takes it as the negative, while the reference
     pass follows its conditional prediction alone (what a negative equal to the caption gives) and
-    records its uncond maps under that negative, for the key frames' uncond copies to match.
+    records its uncond maps under that negative, for the key frames' uncond copies to match; for the
+    first `negative_until` of the steps only, `negative_embeds` after.
     Returns (source latent (1, C, h, w), key-frame latents (F, C, h, w)), both fp32.
     """
     # 1. prepare timesteps and the per-chunk state
     scheduler = DDIMScheduler.from_config(scheduler_config)
     scheduler.set_timesteps(steps, device=inverted_noise.device)
     copies = 2 if uses_cfg(cfg_scale) else 1
-    own_negative = keyframe_negative_embeds is not None
-    if own_negative:  # the key frames' negative differs from the reference's: see the docstring
-        negative_embeds = keyframe_negative_embeds
-    reference_embeds = torch.cat([negative_embeds, caption_embeds][-copies:]).to(unet.dtype)  # (copies, T, D)
+    own_negative = keyframe_negative_embeds is not None  # the key frames' own: see the docstring
+    own_steps = math.ceil(negative_until * steps - 1e-9) if own_negative else 0
     chunks = list(keyframe_embeds.split(batch_size))
     source = inverted_noise.clone()
     latents = [inverted_noise.expand(len(chunk), -1, -1, -1).clone() for chunk in chunks]
     # 2. denoising loop: reference pass, then a guided step for each chunk of key frames
     with attention_store(unet, cross_frame) as store:
         for i, t in enumerate(scheduler.timesteps):
+            negative = keyframe_negative_embeds if i < own_steps else negative_embeds
+            reference_embeds = torch.cat([negative, caption_embeds][-copies:]).to(unet.dtype)
             store.mode, store.keyframes = "record", False
             x_in = torch.cat([source] * copies).to(unet.dtype)
             noise = unet(x_in, t, encoder_hidden_states=reference_embeds).sample.float()
@@ -163,7 +165,7 @@ def guided_keyframes(
             weight = guidance_at(i, steps, xa_guidance, guidance_until, guidance_schedule)
             for j, chunk in enumerate(chunks):
                 latents[j] = guided_step(
-                    unet, scheduler, store, latents[j], t, negative_embeds, chunk, cfg_scale, weight
+                    unet, scheduler, store, latents[j], t, negative, chunk, cfg_scale, weight
                 )
             store.reference.clear()
             store.frame_kv.clear()

@@ -95,6 +95,7 @@ def render_keyframes(
         guidance_until=params.guidance_until,
         guidance_schedule=params.guidance_schedule,
         keyframe_negative_embeds=keyframe_negative(sd, params, synthetic),
+        negative_until=params.empty_negative_until,
     )
     cut = sorted({text for text, was_cut in zip(texts, truncated, strict=True) if was_cut})
     return Rendered(source, inbetween_latents(source, keyframes, params), cut)

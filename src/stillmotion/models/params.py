@@ -79,6 +79,7 @@ class MethodParams:
     # embedding); the reference pass stays the caption's conditional prediction either way. None: the
     # model's ("caption"). Synthetic mode always uses the empty prompt.
     negative: Negative | None = None
+    negative_until: float | None = None  # "empty" for the first fraction of the steps, the caption after
 
     def __post_init__(self) -> None:
         if self.keyframes < 1:
@@ -114,6 +115,8 @@ class MethodParams:
             raise ValueError(f"xa_schedule must be 'constant' or 'linear', got {self.xa_schedule!r}")
         if self.negative not in (None, "caption", "empty"):
             raise ValueError(f"negative must be 'caption' or 'empty', got {self.negative!r}")
+        if self.negative_until is not None and not 0 < self.negative_until <= 1:
+            raise ValueError(f"negative_until must be in (0, 1], got {self.negative_until}")
         if self.inbetween not in (None, "embedding", "latent"):
             raise ValueError(f"inbetween must be 'embedding' or 'latent', got {self.inbetween!r}")
 
@@ -162,6 +165,10 @@ class MethodParams:
     def negative_prompt(self) -> Negative:
         return self.negative or "caption"
 
+    @property
+    def empty_negative_until(self) -> float:
+        return 1.0 if self.negative_until is None else self.negative_until
+
     def keyframe_options(self) -> dict:
         """The key-frame options that differ from the method's defaults (for cache keys: a run with the
         defaults keeps the keys it had before these options existed)."""
@@ -173,6 +180,8 @@ class MethodParams:
             "negative": (self.negative_prompt, "caption"),
         }
         changed = {name: value for name, (value, default) in options.items() if value != default}
+        if self.negative_prompt == "empty" and self.empty_negative_until != 1.0:
+            changed["negative_until"] = self.empty_negative_until
         if self.edit_direction == "sentences":
             changed["direction_templates"] = list(self.templates)
         return changed
@@ -193,6 +202,7 @@ class MethodParams:
             ("xa_schedule", self.xa_schedule, "xa_schedule"),
             ("inbetween", self.inbetween, "inbetween"),
             ("negative", self.negative, "negative"),
+            ("negative_until", self.negative_until, "negative_until"),
         ):
             values[name] = given if given is not None else getattr(defaults, default)
             source = "given" if given is not None else defaults.source_of(default)
@@ -222,6 +232,7 @@ class ModelDefaults:
     xa_schedule: str = "constant"
     inbetween: str = "embedding"
     negative: str = "caption"
+    negative_until: float = 1.0
     from_model: frozenset[str] = frozenset()  # the names the model folder set
 
     def source_of(self, name: str) -> str:
@@ -263,6 +274,7 @@ class ModelDefaults:
                 xa_schedule=defaults.xa_schedule,
                 inbetween=defaults.inbetween,
                 negative=defaults.negative,
+                negative_until=defaults.negative_until,
             )
         except (ValueError, TypeError) as error:
             raise ValueError(f"{path}: {error}") from None

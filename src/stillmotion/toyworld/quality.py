@@ -167,6 +167,7 @@ def score_source(
             guidance_until=params.guidance_until,
             guidance_schedule=params.guidance_schedule,
             keyframe_negative_embeds=keyframe_negative(sd, params, synthetic=False),
+            negative_until=params.empty_negative_until,
         )
         seconds = (time.perf_counter() - start) / len(goals) + invert_seconds
         for i, (colour, _) in enumerate(goals):
