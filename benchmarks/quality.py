@@ -35,7 +35,7 @@ from stillmotion.toyworld.quality import (
     toy_sources,
     unseen_sources,
 )
-from stillmotion.toyworld.world import Truth
+from stillmotion.toyworld.world import Truth, colour_templates
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,6 +68,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="frames in between; several: each made from the same key frames",
     )
     parser.add_argument("--candidates", type=int, default=1, help="best of N key-frame sets per edit")
+    parser.add_argument("--curve", choices=["log", "linear"], default="log", help="edit-weight curve")
+    parser.add_argument(
+        "--direction",
+        choices=["prompt", "sentences"],
+        help="edit direction: E(prompt) - E(caption), or pix2pix-zero's sentence means (default: model's)",
+    )
+    parser.add_argument(
+        "--direction-templates",
+        nargs="+",
+        metavar="SENTENCE",
+        help="sentences with '{}' for --direction sentences; 'toy' for the toy world's colour templates "
+        "(default: the model's, else generic ones)",
+    )
+    parser.add_argument(
+        "--xa-until", type=float, help="guidance only in the first fraction of steps (default: the model's)"
+    )
+    parser.add_argument(
+        "--xa-schedule", choices=["constant", "linear"], help="guidance step over time (default: the model's)"
+    )
+    parser.add_argument(
+        "--inbetween",
+        choices=["embedding", "latent"],
+        help="in-between key frames from edited embeddings, or latent interpolation (default: the model's)",
+    )
+    parser.add_argument(
+        "--negative",
+        choices=["caption", "empty"],
+        help="real mode's CFG negative for the key frames (default: the model's)",
+    )
+    parser.add_argument(
+        "--negative-until", type=float, help="--negative empty for the first fraction of steps only"
+    )
+    parser.add_argument("--label", default="", help="a name for this variant in the report")
     parser.add_argument("--samples-per-prompt", type=int, default=8, help="0: skip the sampling check")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument(
@@ -95,6 +128,9 @@ def run(args: argparse.Namespace) -> dict:
         accuracy["seconds"] = time.perf_counter() - start
         print(f"sampling accuracy: {accuracy}", file=sys.stderr, flush=True)
     # the model's own defaults (its stillmotion.json) where no flag is given, as a user's run would
+    templates = args.direction_templates
+    if templates == ["toy"]:
+        templates = colour_templates()
     params, _ = MethodParams(
         keyframes=args.keyframes,
         frames=args.frames,
@@ -102,14 +138,25 @@ def run(args: argparse.Namespace) -> dict:
         cfg_scale=args.cfg_scale,
         cross_frame=args.cross_frame,
         candidates=args.candidates,
+        curve=args.curve,
+        direction=args.direction,
+        direction_templates=tuple(templates) if templates else None,
+        xa_until=args.xa_until,
+        xa_schedule=args.xa_schedule,
+        inbetween=args.inbetween,
+        negative=args.negative,
+        negative_until=args.negative_until,
     ).resolve(ModelDefaults.of_folder(sd.path), synthetic=False)
     args.cfg_scale, args.cross_frame = params.cfg_scale, params.cross_frame
+    args.options = params.keyframe_options()
     args.weights = args.weights or [params.xa_guidance]
     scores = []
     sources = unseen_sources(args.sources) if args.unseen else toy_sources(args.sources)
     for i, source in enumerate(sources):
         if i % shards == shard:
-            scores += score_source(sd, source, args.weights, params, insertions=args.insertion)
+            scores += score_source(
+                sd, source, args.weights, params, insertions=args.insertion, variant=args.label
+            )
             print(f"source {i + 1}/{args.sources}: {source.caption}", file=sys.stderr, flush=True)
     return {
         "accuracy": accuracy,
@@ -148,9 +195,9 @@ def main() -> None:
         f"{' --unseen' if getattr(args, 'unseen', False) else ''} --weights "
         f"{' '.join(str(w) for w in args.weights)}` "
         f"(K={args.keyframes}, N={args.frames}, steps {args.steps}, CFG {args.cfg_scale}, "
-        f"cross-frame {getattr(args, 'cross_frame', None) or 'off'}, "
+        f"cross-frame {getattr(args, 'cross_frame', None) or 'off'}, curve {getattr(args, 'curve', 'log')}, "
         f"insertion {' / '.join(getattr(args, 'insertion', ['spline']))}, "
-        f"best of {getattr(args, 'candidates', 1)})\n"
+        f"best of {getattr(args, 'candidates', 1)}, options {getattr(args, 'options', {})})\n"
     )
     if accuracy:
         print(
@@ -167,7 +214,12 @@ def main() -> None:
         "last_iou",
         "mask_iou",
         "detours",
+        "key_detours",
+        "spline_detours",
         "hollow_last",
+        "recon_iou",
+        "recon_colour",
+        "vae_iou",
         "centroid_shift_px",
         "edge_ssim",
         "mean_step",

@@ -15,7 +15,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from .attention import AttentionStore, CrossFrame, attention_store
-from .params import Curve
+from .params import Curve, XaSchedule
 
 
 def edit_weights(keyframes: int, curve: Curve = "log") -> list[float]:
@@ -40,6 +40,21 @@ def keyframe_embeddings(
     step = (directions - previous)[:, None]  # (S, 1, T, D)
     embeds = caption_embeds + previous[:, None] + weights[None, :, None, None] * step  # (S, K, T, D)
     return embeds.reshape(-1, *caption_embeds.shape[1:])
+
+
+def guidance_at(
+    step: int,
+    steps: int,
+    xa_guidance: float | torch.Tensor,
+    until: float = 1.0,
+    schedule: XaSchedule = "constant",
+) -> float:
+    """The guidance step at denoising step `step` (0-based): `xa_guidance` for the first `until` of the
+    steps ("constant"), or falling linearly from it to 0 there ("linear"); 0 after."""
+    active = math.ceil(until * steps - 1e-9)
+    if step >= active:
+        return 0.0
+    return xa_guidance if schedule == "constant" else xa_guidance * (1 - step / active)
 
 
 def uses_cfg(scale: float) -> bool:
@@ -119,18 +134,28 @@ def guided_keyframes(
     batch_size: int = 8,
     callback: Callable[[int, int], None] | None = None,
     cross_frame: CrossFrame = "off",
+    guidance_until: float = 1.0,
+    guidance_schedule: XaSchedule = "constant",
+    keyframe_negative_embeds: torch.Tensor | None = None,
+    negative_until: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise the reference (source frame) and every key frame from x_T in one loop.
 
     inverted_noise (1, C, h, w) fp32; caption/negative embeds (1, T, D); keyframe_embeds (F, T, D);
     xa_guidance one step for every key frame, or (F,) one per key frame (best-of-N candidates).
+    Guidance runs for the first `guidance_until` of the steps (see `guidance_at`). With
+    `keyframe_negative_embeds` (1, T, D) the key frames' CFG takes it as the negative, while the reference
+    pass follows its conditional prediction alone (what a negative equal to the caption gives) and
+    records its uncond maps under that negative, for the key frames' uncond copies to match; for the
+    first `negative_until` of the steps only, `negative_embeds` after.
     Returns (source latent (1, C, h, w), key-frame latents (F, C, h, w)), both fp32.
     """
     # 1. prepare timesteps and the per-chunk state
     scheduler = DDIMScheduler.from_config(scheduler_config)
     scheduler.set_timesteps(steps, device=inverted_noise.device)
     copies = 2 if uses_cfg(cfg_scale) else 1
-    reference_embeds = torch.cat([negative_embeds, caption_embeds][-copies:]).to(unet.dtype)  # (copies, T, D)
+    own_negative = keyframe_negative_embeds is not None  # the key frames' own: see the docstring
+    own_steps = math.ceil(negative_until * steps - 1e-9) if own_negative else 0
     chunks = list(keyframe_embeds.split(batch_size))
     if isinstance(xa_guidance, torch.Tensor):
         guidance = list(xa_guidance.split(batch_size))
@@ -141,16 +166,18 @@ def guided_keyframes(
     # 2. denoising loop: reference pass, then a guided step for each chunk of key frames
     with attention_store(unet, cross_frame) as store:
         for i, t in enumerate(scheduler.timesteps):
+            negative = keyframe_negative_embeds if i < own_steps else negative_embeds
+            reference_embeds = torch.cat([negative, caption_embeds][-copies:]).to(unet.dtype)
             store.mode, store.keyframes = "record", False
             x_in = torch.cat([source] * copies).to(unet.dtype)
-            noise = unet(x_in, t, encoder_hidden_states=reference_embeds)
-            source = scheduler.step(
-                classifier_free_guidance(noise.sample.float(), cfg_scale), t, source
-            ).prev_sample
+            noise = unet(x_in, t, encoder_hidden_states=reference_embeds).sample.float()
+            noise = noise.chunk(copies)[-1] if own_negative else classifier_free_guidance(noise, cfg_scale)
+            source = scheduler.step(noise, t, source).prev_sample
             store.keyframes = True
+            weight = [guidance_at(i, steps, step, guidance_until, guidance_schedule) for step in guidance]
             for j, chunk in enumerate(chunks):
                 latents[j] = guided_step(
-                    unet, scheduler, store, latents[j], t, negative_embeds, chunk, cfg_scale, guidance[j]
+                    unet, scheduler, store, latents[j], t, negative, chunk, cfg_scale, weight[j]
                 )
             store.reference.clear()
             store.frame_kv.clear()

@@ -8,6 +8,7 @@ images = render_frames(sd, rendered, params)              # (1 + S * N, 3, H, W)
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ import torch
 from .images import pil_to_tensor
 from .insertion import decode_latents, motion_frames, spline_frames
 from .inversion import encode_latents, invert
-from .keyframes import guided_keyframes, keyframe_embeddings
+from .keyframes import edit_weights, guided_keyframes, keyframe_embeddings
 from .loading import StableDiffusion
 from .params import MethodParams
 from .text import encode_text
@@ -83,7 +84,7 @@ def render_keyframes(
     texts = [caption, negative, *prompts]
     embeds, truncated = encode_text(sd.tokenizer, sd.text_encoder, texts)  # (2 + S, T, D)
     caption_embeds, negative_embeds, prompt_embeds = embeds[:1], embeds[1:2], embeds[2:]
-    edited = keyframe_embeddings(caption_embeds, prompt_embeds, params.keyframes, params.curve)
+    edited = edit_embeddings(sd, caption, caption_embeds, prompts, prompt_embeds, params)
     xa_guidance: float | torch.Tensor = params.guidance_for(synthetic)
     if guidance is not None:
         xa_guidance = torch.tensor([step for step in guidance for _ in range(len(edited))])
@@ -101,9 +102,89 @@ def render_keyframes(
         batch_size=params.batch_size,
         callback=callback,
         cross_frame=params.cross,
+        guidance_until=params.guidance_until,
+        guidance_schedule=params.guidance_schedule,
+        keyframe_negative_embeds=keyframe_negative(sd, params, synthetic),
+        negative_until=params.empty_negative_until,
     )
     cut = sorted({text for text, was_cut in zip(texts, truncated, strict=True) if was_cut})
-    return Rendered(source, keyframes, cut)
+    candidates = keyframes.chunk(len(guidance)) if guidance is not None else [keyframes]
+    return Rendered(source, torch.cat([inbetween_latents(source, c, params) for c in candidates]), cut)
+
+
+def keyframe_negative(sd: StableDiffusion, params: MethodParams, synthetic: bool) -> torch.Tensor | None:
+    """The key frames' own CFG negative, E(""), where real mode asks for the empty prompt; None: the
+    reference's negative (the caption in real mode, "" in synthetic mode)."""
+    if synthetic or params.negative_prompt == "caption":
+        return None
+    return encode_text(sd.tokenizer, sd.text_encoder, [""])[0]
+
+
+def word_change(caption: str, prompt: str) -> tuple[str, str] | None:
+    """The one run of words the prompt changes in the caption, ("red", "blue") for "a big red circle" ->
+    "a big blue circle"; None when they differ in more than one place, or not at all."""
+    old, new = caption.split(), prompt.split()
+    changes = [op for op in difflib.SequenceMatcher(a=old, b=new).get_opcodes() if op[0] != "equal"]
+    if len(changes) != 1:
+        return None
+    _, i1, i2, j1, j2 = changes[0]
+    return " ".join(old[i1:i2]), " ".join(new[j1:j2])
+
+
+def sentence_targets(
+    sd: StableDiffusion,
+    caption: str,
+    caption_embeds: torch.Tensor,
+    prompts: list[str],
+    prompt_embeds: torch.Tensor,
+    templates: tuple[str, ...],
+) -> torch.Tensor:
+    """pix2pix-zero's edit directions as target embeddings E(caption) + d_i, (S, T, D): d_i is the mean
+    embedding of the templates with prompt i's word minus the mean with the caption's word. A prompt that
+    does not change exactly one run of words keeps its own embedding (the "prompt" direction)."""
+    targets = []
+    for prompt, own in zip(prompts, prompt_embeds, strict=True):
+        change = word_change(caption, prompt)
+        if change is None:
+            targets.append(own)
+            continue
+        old, new = change
+        sentences = [t.format(word).replace("  ", " ").strip() for word in (old, new) for t in templates]
+        embeds, _ = encode_text(sd.tokenizer, sd.text_encoder, sentences)
+        old_mean, new_mean = embeds[: len(templates)].mean(0), embeds[len(templates) :].mean(0)
+        targets.append(caption_embeds[0] + new_mean - old_mean)
+    return torch.stack(targets)
+
+
+def edit_embeddings(
+    sd: StableDiffusion,
+    caption: str,
+    caption_embeds: torch.Tensor,
+    prompts: list[str],
+    prompt_embeds: torch.Tensor,
+    params: MethodParams,
+) -> torch.Tensor:
+    """The embeddings of the key frames to denoise: (S * K, T, D) segment-major, or (S, T, D), each
+    segment's last, when the in-between key frames come from latents (see `inbetween_latents`)."""
+    if params.edit_direction == "sentences":
+        templates = params.templates
+        prompt_embeds = sentence_targets(sd, caption, caption_embeds, prompts, prompt_embeds, templates)
+    denoised = params.keyframes if params.inbetween_mode == "embedding" else 1
+    return keyframe_embeddings(caption_embeds, prompt_embeds, denoised, params.curve)
+
+
+def inbetween_latents(source: torch.Tensor, keyframes: torch.Tensor, params: MethodParams) -> torch.Tensor:
+    """Every segment's K key-frame latents (S * K, C, h, w). With in-between key frames from embeddings
+    they are `keyframes` as denoised; from latents, `keyframes` holds each segment's last key frame
+    (S, C, h, w) and key frame k lies at w_k of the way there from the previous anchor (the source, or
+    the previous segment's last key frame), w_k being the edit-weight curve."""
+    if params.inbetween_mode == "embedding":
+        return keyframes
+    weights = torch.tensor(edit_weights(params.keyframes, params.curve), dtype=keyframes.dtype)
+    weights = weights.to(keyframes.device)[:, None, None, None]  # (K, 1, 1, 1)
+    previous = torch.cat([source, keyframes[:-1]])  # (S, C, h, w)
+    anchors = previous[:, None] + weights[None] * (keyframes - previous)[:, None]  # (S, K, C, h, w)
+    return anchors.reshape(-1, *keyframes.shape[1:])
 
 
 def render_frames(sd: StableDiffusion, rendered: Rendered, params: MethodParams) -> torch.Tensor:

@@ -13,10 +13,33 @@ CrossFrame = Literal["off", "replace", "extend"]
 Insertion = Literal["spline", "adaptive", "motion"]
 INSERTIONS = ("spline", "adaptive", "motion")
 MAX_CANDIDATES = 16
+Direction = Literal["prompt", "sentences"]
+Inbetween = Literal["embedding", "latent"]
+XaSchedule = Literal["constant", "linear"]
+Negative = Literal["caption", "empty"]
+# the sentences a "sentences" edit direction substitutes the changed word into, when neither the user nor
+# the model folder gives its own (pix2pix-zero averages ~1,000 generated sentences per word; these are
+# a short, generic stand-in for nouns)
+DEFAULT_DIRECTION_TEMPLATES = (
+    "a photo of a {}",
+    "a picture of a {}",
+    "a painting of a {}",
+    "a close-up photo of a {}",
+    "a blurry photo of a {}",
+    "a drawing of a {}",
+    "a rendering of a {}",
+    "a cropped photo of a {}",
+    "an image of a {}",
+    "a photo of the {}",
+    "a {} in the scene",
+    "a good photo of a {}",
+)
 
 DEFAULT_XA_GUIDANCE_REAL = 0.1
 DEFAULT_XA_GUIDANCE_SYNTHETIC = 0.15
 DEFAULT_CFG_SCALE = 5.0
+# the model defaults that are words, not numbers
+WORD_DEFAULTS = ("cross_frame", "direction", "xa_schedule", "inbetween", "negative")
 MODEL_DEFAULTS_FILE = "stillmotion.json"  # beside model_index.json: the model's own method defaults
 
 
@@ -46,6 +69,25 @@ class MethodParams:
     batch_size: int = 8  # key frames per UNet batch (memory knob; does not change results)
     # key frames' self-attention attends to the reference pass's keys/values: off, replace or extend
     cross_frame: CrossFrame | None = None  # None: the model's default (off for Stable Diffusion)
+    # edit direction: "prompt" (E(prompt) - E(caption)) or "sentences" (pix2pix-zero's: the mean embedding
+    # of sentences with the prompt's word minus that of sentences with the caption's word, the sentences
+    # being `direction_templates` with the one word that differs substituted); None: the model's
+    direction: Direction | None = None
+    direction_templates: tuple[str, ...] | None = None  # "{}" marks the word; None: the model's or generic
+    # cross-attention guidance schedule: on for the first `xa_until` of the steps, at a constant step or
+    # decaying linearly to 0 there; None: the model's (1.0, constant: every step, as pix2pix-zero)
+    xa_until: float | None = None
+    xa_schedule: XaSchedule | None = None
+    # the key frames between a segment's ends: denoised from edited embeddings ("embedding"), or
+    # interpolated in latent space between the previous anchor and the segment's last key frame, which
+    # alone is denoised ("latent"); None: the model's ("embedding")
+    inbetween: Inbetween | None = None
+    # real mode's CFG negative for the key frames: the caption (pix2pix-zero: CFG then extrapolates along
+    # the edit direction, eps_c + s (eps_edit - eps_c)) or the empty prompt (plain CFG towards the edited
+    # embedding); the reference pass stays the caption's conditional prediction either way. None: the
+    # model's ("caption"). Synthetic mode always uses the empty prompt.
+    negative: Negative | None = None
+    negative_until: float | None = None  # "empty" for the first fraction of the steps, the caption after
 
     def __post_init__(self) -> None:
         if self.keyframes < 1:
@@ -73,6 +115,22 @@ class MethodParams:
             raise ValueError(f"cross_frame must be 'off', 'replace' or 'extend', got {self.cross_frame!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.direction not in (None, "prompt", "sentences"):
+            raise ValueError(f"direction must be 'prompt' or 'sentences', got {self.direction!r}")
+        if self.direction_templates is not None and not (
+            self.direction_templates and all(t.count("{}") == 1 for t in self.direction_templates)
+        ):
+            raise ValueError("direction_templates must be sentences with one '{}' each")
+        if self.xa_until is not None and not 0 < self.xa_until <= 1:
+            raise ValueError(f"xa_until must be in (0, 1], got {self.xa_until}")
+        if self.xa_schedule not in (None, "constant", "linear"):
+            raise ValueError(f"xa_schedule must be 'constant' or 'linear', got {self.xa_schedule!r}")
+        if self.negative not in (None, "caption", "empty"):
+            raise ValueError(f"negative must be 'caption' or 'empty', got {self.negative!r}")
+        if self.negative_until is not None and not 0 < self.negative_until <= 1:
+            raise ValueError(f"negative_until must be in (0, 1], got {self.negative_until}")
+        if self.inbetween not in (None, "embedding", "latent"):
+            raise ValueError(f"inbetween must be 'embedding' or 'latent', got {self.inbetween!r}")
 
     @property
     def frames_per_segment(self) -> int:
@@ -95,6 +153,51 @@ class MethodParams:
         """The CFG scale: the user's, else pix2pix-zero's (see `resolve` for a model's own)."""
         return DEFAULT_CFG_SCALE if self.cfg_scale is None else self.cfg_scale
 
+    @property
+    def edit_direction(self) -> Direction:
+        return self.direction or "prompt"
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        return self.direction_templates or DEFAULT_DIRECTION_TEMPLATES
+
+    @property
+    def guidance_until(self) -> float:
+        return 1.0 if self.xa_until is None else self.xa_until
+
+    @property
+    def guidance_schedule(self) -> XaSchedule:
+        return self.xa_schedule or "constant"
+
+    @property
+    def inbetween_mode(self) -> Inbetween:
+        return self.inbetween or "embedding"
+
+    @property
+    def negative_prompt(self) -> Negative:
+        return self.negative or "caption"
+
+    @property
+    def empty_negative_until(self) -> float:
+        return 1.0 if self.negative_until is None else self.negative_until
+
+    def keyframe_options(self) -> dict:
+        """The key-frame options that differ from the method's defaults (for cache keys: a run with the
+        defaults keeps the keys it had before these options existed)."""
+        options = {
+            "direction": (self.edit_direction, "prompt"),
+            "xa_until": (self.guidance_until, 1.0),
+            "xa_schedule": (self.guidance_schedule, "constant"),
+            "inbetween": (self.inbetween_mode, "embedding"),
+            "negative": (self.negative_prompt, "caption"),
+        }
+        changed = {name: value for name, (value, default) in options.items() if value != default}
+        if self.negative_prompt == "empty" and self.empty_negative_until != 1.0:
+            changed["negative_until"] = self.empty_negative_until
+        if self.edit_direction == "sentences":
+            changed["direction_templates"] = list(self.templates)
+        return changed
+
     def resolve(self, defaults: ModelDefaults, synthetic: bool) -> tuple[MethodParams, dict[str, str]]:
         """These parameters with every model-specific value made concrete: a value given (command line,
         manifest) wins, else the model's own default, else pix2pix-zero's. Returns them and where each
@@ -105,9 +208,18 @@ class MethodParams:
             ("cfg_scale", self.cfg_scale, "cfg_scale"),
             ("xa_guidance", self.xa_guidance, xa),
             ("cross_frame", self.cross_frame, "cross_frame"),
+            ("direction", self.direction, "direction"),
+            ("direction_templates", self.direction_templates, "direction_templates"),
+            ("xa_until", self.xa_until, "xa_until"),
+            ("xa_schedule", self.xa_schedule, "xa_schedule"),
+            ("inbetween", self.inbetween, "inbetween"),
+            ("negative", self.negative, "negative"),
+            ("negative_until", self.negative_until, "negative_until"),
         ):
             values[name] = given if given is not None else getattr(defaults, default)
-            sources[name] = "given" if given is not None else defaults.source_of(default)
+            source = "given" if given is not None else defaults.source_of(default)
+            if name in ("cfg_scale", "xa_guidance", "cross_frame") or source != "default":
+                sources[name] = source  # the edit options appear only when not left at the method's
         return dataclasses.replace(self, **values), sources
 
     def to_dict(self) -> dict:
@@ -126,6 +238,13 @@ class ModelDefaults:
     xa_guidance_synthetic: float = DEFAULT_XA_GUIDANCE_SYNTHETIC
     cfg_scale: float = DEFAULT_CFG_SCALE
     cross_frame: str = "off"
+    direction: str = "prompt"
+    direction_templates: tuple[str, ...] = DEFAULT_DIRECTION_TEMPLATES
+    xa_until: float = 1.0
+    xa_schedule: str = "constant"
+    inbetween: str = "embedding"
+    negative: str = "caption"
+    negative_until: float = 1.0
     from_model: frozenset[str] = frozenset()  # the names the model folder set
 
     def source_of(self, name: str) -> str:
@@ -148,11 +267,27 @@ class ModelDefaults:
         if unknown:
             raise ValueError(f"{path}: unknown method defaults {unknown}; known: {sorted(known)}")
         try:
-            typed = {name: value if name == "cross_frame" else float(value) for name, value in values.items()}
+            typed = {
+                name: value
+                if name in WORD_DEFAULTS
+                else tuple(value)
+                if name == "direction_templates"
+                else float(value)
+                for name, value in values.items()
+            }
             defaults = cls(**typed, from_model=frozenset(values))
             # the same checks as a value given by a user
             MethodParams(cfg_scale=defaults.cfg_scale, xa_guidance=defaults.xa_guidance_real)
             MethodParams(xa_guidance=defaults.xa_guidance_synthetic, cross_frame=defaults.cross_frame)
+            MethodParams(
+                direction=defaults.direction,
+                direction_templates=defaults.direction_templates,
+                xa_until=defaults.xa_until,
+                xa_schedule=defaults.xa_schedule,
+                inbetween=defaults.inbetween,
+                negative=defaults.negative,
+                negative_until=defaults.negative_until,
+            )
         except (ValueError, TypeError) as error:
             raise ValueError(f"{path}: {error}") from None
         return defaults

@@ -304,6 +304,7 @@ def keyframes_key(job: Job, inverted: dict | None, caption: dict) -> str:
         xa_guidance=p.guidance_for(request.synthetic),
         cross_frame=p.cross,
         **({"candidates": p.candidates} if p.candidates > 1 else {}),  # one: the keys of before
+        **p.keyframe_options(),  # only those off their defaults: a default run keeps its old key
         **model_key(job),
     )
 

@@ -9,16 +9,26 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import PIL.Image
 import torch
 
 from ..metrics import edge_ssim, temporal_smoothness
-from ..models import MethodParams, StableDiffusion, guided_keyframes, keyframe_embeddings
+from ..models import MethodParams, StableDiffusion, guided_keyframes
 from ..models.candidates import render_candidates
-from ..models.method import Rendered, invert_source, render_frames
+from ..models.images import pil_to_tensor
+from ..models.insertion import decode_latents
+from ..models.inversion import encode_latents
+from ..models.method import (
+    Rendered,
+    edit_embeddings,
+    inbetween_latents,
+    invert_source,
+    keyframe_negative,
+    render_frames,
+)
 from ..models.text import encode_text
 from .judge import centroid, judge, mask_iou
 from .world import COLOURS, SHAPES, SIZE, Truth, hue_to_rgb, render, sample_truth, shape_mask
@@ -45,6 +55,14 @@ class EditScore:
     hollow: bool = False  # the last frame is empty, or its shape covers under HOLLOW of the source's area
     insert_seconds: float = 0.0  # making and decoding the frames from the key frames (the insertion)
     insertion: str = "spline"
+    key_detour: bool = False  # a key frame's hue is off the path (the frames the embeddings make)
+    spline_detour: bool = False  # a frame between key frames is off the path (latent interpolation)
+    recon_iou: float = 0.0  # the reference pass (x_T denoised with the caption, no edit) against the source
+    recon_colour_ok: bool = False  # ... keeps the source's colour
+    vae_iou: float = 0.0  # the VAE alone (encode, decode) against the source: the floor of any edit's error
+    hues: list = field(default_factory=list)  # every frame's foreground hue (None: empty), source first
+    ious: list = field(default_factory=list)  # every frame's mask IoU against the source
+    variant: str = ""  # the method option(s) that differ from the model's defaults, for the report
 
 
 def off_path(hue: float, start: float, end: float, tolerance: float = DETOUR_DEGREES) -> bool:
@@ -115,6 +133,7 @@ def score_source(
     params: MethodParams,
     targets: int = 3,
     insertions: list[str] | None = None,
+    variant: str = "",
 ) -> list[EditScore]:
     """Invert one toy image once; edit it towards each target colour at each guidance weight, and make
     the frames between the key frames with each of `insertions` (default: the params' own)."""
@@ -127,23 +146,30 @@ def score_source(
     start = time.perf_counter()
     inverted = invert_source(sd, image, source.caption, params)
     invert_seconds = time.perf_counter() - start
+    with torch.no_grad():  # the VAE alone: encode and decode, the floor under every frame's error
+        vae_frame = _uint8(decode_latents(sd.vae, encode_latents(sd.vae, pil_to_tensor(image))))[0]
+    vae_iou = mask_iou(judge(vae_frame).mask, source_mask)
     goals = edit_prompts(truth, targets, sized=source.sized)
-    embeds, _ = encode_text(sd.tokenizer, sd.text_encoder, [source.caption] + [p for _, p in goals])
+    prompts = [p for _, p in goals]
+    embeds, _ = encode_text(sd.tokenizer, sd.text_encoder, [source.caption] + prompts)
     caption = embeds[:1]
+    # every target is its own one-segment video: its key-frame embeddings, side by side
     edited = torch.cat(
         [
-            keyframe_embeddings(caption, embeds[i + 1 : i + 2], params.keyframes, params.curve)
-            for i in range(len(goals))
+            edit_embeddings(sd, source.caption, caption, [prompt], embeds[i + 1 : i + 2], params)
+            for i, prompt in enumerate(prompts)
         ]
-    )  # (targets * K, T, D)
+    )  # (targets * K, T, D), or (targets, T, D) with in-between key frames from latents
+    denoised = edited.shape[0] // len(goals)  # key frames denoised per target
+    frames_n = params.frames_per_segment  # frame j of a segment is a key frame where jK/N is whole
+    key_times = {j for j in range(1, frames_n + 1) if j * params.keyframes % frames_n == 0}
     scores = []
     for weight in weights:
         start = time.perf_counter()
         if params.candidates > 1:  # best of N, one edit at a time (as the pipeline runs a video)
             guided = dataclasses.replace(params, xa_guidance=weight)
-            made = [render_candidates(sd, inverted, source.caption, [p], guided, False)[0] for _, p in goals]
-            source_latent = made[0].source_latent
-            keyframes = torch.cat([rendered.keyframe_latents for rendered in made])
+            made = [render_candidates(sd, inverted, source.caption, [p], guided, False)[0] for p in prompts]
+            source_latent, segments = made[0].source_latent, [rendered.keyframe_latents for rendered in made]
         else:
             source_latent, keyframes = guided_keyframes(
                 sd.unet,
@@ -157,15 +183,27 @@ def score_source(
                 weight,
                 batch_size=params.batch_size,
                 cross_frame=params.cross,
+                guidance_until=params.guidance_until,
+                guidance_schedule=params.guidance_schedule,
+                keyframe_negative_embeds=keyframe_negative(sd, params, synthetic=False),
+                negative_until=params.empty_negative_until,
             )
+            segments = [
+                inbetween_latents(source_latent, keyframes[i * denoised : (i + 1) * denoised], params)
+                for i in range(len(goals))
+            ]
         seconds = (time.perf_counter() - start) / len(goals) + invert_seconds
         ways = insertions or [params.insertion]
         for (i, (colour, _)), insertion in itertools.product(enumerate(goals), ways):
-            segment = keyframes[i * params.keyframes : (i + 1) * params.keyframes]
+            segment = segments[i]
             start = time.perf_counter()
             inserting = dataclasses.replace(params, insertion=insertion)
             frames = _uint8(render_frames(sd, Rendered(source_latent, segment), inserting))  # same key frames
             insert_seconds = time.perf_counter() - start
+            # the key frames themselves; the frames that are key frames (the last always; with even times,
+            # spline or motion, every jK/N that is whole) are left out of the in-between frames' detours
+            key_hues = [judge(frame).hue for frame in _uint8(decode_latents(sd.vae, segment))]
+            key_index = {frames_n} if insertion == "adaptive" else key_times
             verdicts = [judge(frame) for frame in frames]
             last = verdicts[-1]
             shifts = [
@@ -173,6 +211,8 @@ def score_source(
                 for v in verdicts
             ]
             smooth = temporal_smoothness(frames)
+            ious = [mask_iou(v.mask, source_mask) for v in verdicts]
+            off = [v.hue is not None and off_path(v.hue, source_hue, COLOURS[colour]) for v in verdicts]
             scores.append(
                 EditScore(
                     truth,
@@ -180,19 +220,27 @@ def score_source(
                     weight,
                     last.colour == colour,
                     last.shape == truth.shape,
-                    float(np.mean([mask_iou(v.mask, source_mask) for v in verdicts])),
+                    float(np.mean(ious)),
                     float(np.mean(shifts)),
                     float(np.mean([edge_ssim(frame, np.asarray(image)) for frame in frames])),
                     smooth["mean_step"],
                     smooth["worst_over_mean"],
                     seconds,
-                    last_iou=float(mask_iou(last.mask, source_mask)),
-                    detour=any(
-                        off_path(v.hue, source_hue, COLOURS[colour]) for v in verdicts if v.hue is not None
-                    ),
+                    last_iou=float(ious[-1]),
+                    detour=any(off),
                     hollow=bool(last.colour is None or last.mask.sum() < HOLLOW * source_mask.sum()),
                     insert_seconds=insert_seconds,
                     insertion=insertion,
+                    key_detour=any(
+                        hue is not None and off_path(hue, source_hue, COLOURS[colour]) for hue in key_hues
+                    ),
+                    spline_detour=any(off[j] for j in range(1, len(off)) if j not in key_index),
+                    recon_iou=float(ious[0]),
+                    recon_colour_ok=verdicts[0].colour == truth.colour,
+                    vae_iou=float(vae_iou),
+                    hues=[None if v.hue is None else float(v.hue) for v in verdicts],
+                    ious=[float(x) for x in ious],
+                    variant=variant,
                 )
             )
     return scores
@@ -260,6 +308,11 @@ def summarize(scores: list[EditScore]) -> list[dict]:
                 "last_iou": float(np.mean([s.last_iou for s in group])),
                 "detours": float(np.mean([s.detour for s in group])),
                 "hollow_last": float(np.mean([s.hollow for s in group])),
+                "key_detours": float(np.mean([s.key_detour for s in group])),
+                "spline_detours": float(np.mean([s.spline_detour for s in group])),
+                "recon_iou": float(np.mean([s.recon_iou for s in group])),
+                "recon_colour": float(np.mean([s.recon_colour_ok for s in group])),
+                "vae_iou": float(np.mean([s.vae_iou for s in group])),
                 "shape_kept": float(np.mean([s.shape_ok for s in group])),
                 "mask_iou": float(np.mean([s.iou for s in group])),
                 "centroid_shift_px": float(np.mean([s.centroid_shift for s in group])),

@@ -87,3 +87,9 @@ def draw_batch(n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[Truth
 def vocabulary() -> list[str]:
     """Every word a toy caption or prompt uses."""
     return ["a", "big", "small", *COLOURS, *SHAPES]
+
+
+def colour_templates() -> list[str]:
+    """Toy sentences with a colour slot ("a big {} circle", ...: every size word or none, every shape), for
+    pix2pix-zero's sentence-mean edit directions between two colours (MethodParams.direction_templates)."""
+    return [f"a {size}{{}} {shape}" for size in ("", "big ", "small ") for shape in SHAPES]
