@@ -445,10 +445,10 @@ def _previous_results(outputs: OutputStore) -> dict[str, dict]:
         table = pq.read_table(outputs.fs.open(outputs.path(RESULTS_FILE)))
     except Exception:  # noqa: BLE001 - none yet, or unreadable: looked up per video instead
         return {}
-    names = [name for name in SCORE_NAMES if f"score_{name}" in table.column_names]
-    columns = ["video_id", "status", "seconds", *(f"score_{name}" for name in names)]
     if not {"video_id", "status", "seconds"} <= set(table.column_names):
         return {}
+    names = [name for name in SCORE_NAMES if f"score_{name}" in table.column_names]
+    columns = ["video_id", "status", "seconds", *(f"score_{name}" for name in names)]
     return {
         r["video_id"]: {"seconds": r["seconds"], "scores": {n: r[f"score_{n}"] for n in names} or None}
         for r in table.select(columns).to_pylist()

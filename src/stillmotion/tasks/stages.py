@@ -441,16 +441,17 @@ def scores_stage(job: Job, frames: dict, source: dict | None) -> dict:
         video = store.get_tensors(frames["key"])["frames"].numpy()  # (1 + S * N, H, W, 3) uint8
         reference = np.asarray(_source_image(job, source)) if source else video[0]
         prompts = frame_prompts(list(job.request.prompts), job.request.params.frames_per_segment)
-        record, on_device = None, bool(job.scorers)
+        record, on_device = {}, False
         if job.scorers:
             try:
                 with device_lock(job.device):
                     compute_start = time.perf_counter()
-                    record = {"scores": video_scores(video, reference, prompts, scorers(job))}
+                    record["scores"] = video_scores(video, reference, prompts, scorers(job))
+                    on_device = True
             except ModelNotAvailable as error:  # the basic scores stay; the row never fails for it
-                record, on_device = {"note": one_line(error)}, False
-        if record is None or "scores" not in record:
-            record = {**(record or {}), "scores": video_scores(video, reference, prompts)}
+                record["note"] = one_line(error)
+        if "scores" not in record:
+            record["scores"] = video_scores(video, reference, prompts)
         store.put_json(key, {**record, **timing(job, started, compute_start, on_device=on_device)})
         COMPUTED["scores"] += 1
     return {"key": key, **store.get_json(key)}
