@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import fsspec
@@ -218,21 +219,34 @@ class Store:
 
     def write_bytes(self, relative: str, data: bytes) -> None:
         """Write atomically: a reader sees the old file or the whole new one, never a part."""
+        if self.local:
+            self._replace_local(relative, lambda temporary: Path(temporary).write_bytes(data))
+        else:  # an object store's PUT is atomic already
+            self.fs.makedirs(self.path(relative).rsplit("/", 1)[0], exist_ok=True)
+            self.fs.pipe_file(self.path(relative), data)
+
+    def put_file(self, local_path: str, relative: str) -> None:
+        """Upload a local file, atomically as `write_bytes` (object stores: one PUT, or a multipart
+        upload, which appears only once complete)."""
+        if self.local:
+            self._replace_local(relative, lambda temporary: shutil.copyfile(local_path, temporary))
+        else:
+            self.fs.makedirs(self.path(relative).rsplit("/", 1)[0], exist_ok=True)
+            self.fs.put_file(local_path, self.path(relative))
+
+    def _replace_local(self, relative: str, write) -> None:
+        """`write(temporary)` beside the target, then rename it into place."""
         target = self.path(relative)
         parent = target.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
-        if self.local:
-            temporary = f"{parent}/{TEMPORARY_PREFIX}{owner_tag()}"
-            try:
-                with open(temporary, "wb") as handle:
-                    handle.write(data)
-                os.replace(temporary, target)
-            except BaseException:  # a full disk, a kill signal: no partial temporary file stays behind
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
-        else:  # an object store's PUT is atomic already
-            self.fs.pipe_file(target, data)
+        os.makedirs(parent, exist_ok=True)
+        temporary = f"{parent}/{TEMPORARY_PREFIX}{owner_tag()}"
+        try:
+            write(temporary)
+            os.replace(temporary, target)
+        except BaseException:  # a full disk, a kill signal: no partial temporary file stays behind
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
 
     def read_json(self, relative: str):
         return json.loads(self.read_bytes(relative))

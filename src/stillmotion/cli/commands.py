@@ -170,7 +170,7 @@ def _flow_parameters(args: argparse.Namespace) -> dict:
     """The batch flow's parameters that `run` and `serve` share (`run` adds limit, force, progress)."""
     names = (
         "manifest output cache model device dtype channels_last compile_unet in_flight chunk_rows batch_size "
-        "model_scores"
+        "model_scores output_format shard_size"
     )
     return {name: getattr(args, name) for name in names.split()}
 
@@ -285,13 +285,14 @@ def _print_failures(output: str, summary: dict) -> None:
             f"  failed: {failure['video_id']!r} (row {failure['row']}): {failure['error']}", file=sys.stderr
         )
     where = f"{output.rstrip('/')}/results.parquet"
+    logs = summary.get("logs", f"{output.rstrip('/')}/.logs")  # the cache's with --format webdataset
     try:
-        store = OutputStore(output)
-        has_logs = bool(store.fs.glob(store.path(".logs/*.txt")))
+        store = OutputStore(logs)
+        has_logs = bool(store.fs.glob(store.path("*.txt")))
     except Exception:  # noqa: BLE001 - an unreachable output: do not point at logs we cannot see
         has_logs = False
     if has_logs:
-        where += f" and tracebacks in {output.rstrip('/')}/.logs/"
+        where += f" and tracebacks in {logs}/"
     more = summary["failed"] - len(shown)
     print(
         f"{summary['failed']} failed rows{f' ({more} not shown)' if more > 0 else ''}: see {where}",

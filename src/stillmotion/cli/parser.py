@@ -31,6 +31,21 @@ def _add_flow_options(parser: argparse.ArgumentParser) -> None:
         "on CUDA out-of-memory a stage retries at half the batch, down to 1. Never changes the numbers",
     )
     parser.add_argument(
+        "--format",
+        dest="output_format",
+        choices=["files", "webdataset"],
+        default="files",
+        help="files (default): a folder per video; webdataset: tar shards of --shard-size rows in manifest "
+        "order (NNNNN.tar with {key}.mp4/.json/.txt/.png, NNNNN.parquet, NNNNN_stats.json written last), "
+        "the rows' folders kept in the cache",
+    )
+    parser.add_argument(
+        "--shard-size",
+        type=_positive("--shard-size"),
+        default=1000,
+        help="rows per shard with --format webdataset (1000)",
+    )
+    parser.add_argument(
         "--no-model-scores",
         dest="model_scores",
         action="store_false",

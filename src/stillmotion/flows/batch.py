@@ -35,6 +35,7 @@ from ..manifests import iter_manifest, manifest_summary
 from ..manifests.schema import RESULTS_FILE
 from ..models.loading import inspect_model, resolve_device
 from ..models.scoring import find_scorers
+from ..shards import FORMATS, SHARD_SIZE
 from ..single import resolved
 from ..storage import ArtifactStore, DamagedArtifact, LeaseKeeper, OutputStore, configure_storage
 from ..tasks import (
@@ -129,7 +130,7 @@ class _Span:
 
     work: list
     tracker: RunTracker
-    outputs: OutputStore
+    outputs: OutputStore  # where the rows' folders are published: the output, or CACHE/rows (webdataset)
     stages: dict
     in_flight: int
     add_complete: Callable  # records a row whose video exists (made by an earlier or another run)
@@ -194,16 +195,19 @@ def _record(span: _Span, runner, row, job: Job, futures: list[PrefectFuture], st
     tracker, outputs = span.tracker, span.outputs
     if published.state.is_completed():
         result = published.result()
+        packed = tracker.shards is not None  # the row's files go into a shard, not a folder of the output
         tracker.add(
             row.index,
             row.video_id,
             row.extra,
             status="ok",
-            video=result["video"],
-            metadata=result["metadata"],
+            video=None if packed else result["video"],
+            metadata=None if packed else result["metadata"],
             seconds=time.monotonic() - started,
             repaired=repaired,
             scores=result.get("scores"),
+            prompts=job.request.prompts,
+            timings=result.get("timings"),
         )
         return
     reason = outputs.read_log_reason(row.video_id)
@@ -286,15 +290,23 @@ def batch_flow(
     chunk_rows: int = 500,
     batch_size: int | None = None,
     model_scores: bool = True,
+    output_format: str = "files",
+    shard_size: int = SHARD_SIZE,
 ) -> dict:
-    """Make every video of a manifest; returns the counts {rows, done, cached, failed, seconds}."""
+    """Make every video of a manifest; returns the counts {rows, done, cached, failed, seconds}.
+
+    `output_format` "files" publishes a folder per video; "webdataset" packs the rows into tar shards
+    of `shard_size` rows (see stillmotion.shards), the rows' folders living in CACHE/rows."""
     for name, value in (
         ("chunk_rows", chunk_rows),
         ("in_flight", in_flight),
         ("batch_size", 1 if batch_size is None else batch_size),
+        ("shard_size", shard_size),
     ):
         if not isinstance(value, int) or value < 1:
             raise RunError(f"{name} must be an integer >= 1, got {value!r}")
+    if output_format not in FORMATS:
+        raise RunError(f"output_format must be one of {', '.join(FORMATS)}, got {output_format!r}")
     # 1. stores: fail the run (not a row) when the output cannot be written
     configure_storage()  # options per protocol from the environment, never from parameters
     outputs = OutputStore(output)
@@ -303,24 +315,40 @@ def batch_flow(
         outputs.write_bytes(".stillmotion-run", f"{time.time()}\n".encode())
     except Exception as error:  # noqa: BLE001 - any failure here means "cannot write the output"
         raise RunError(f"cannot write to output {output}: {error}") from None
+    packed = output_format == "webdataset"
+    videos = OutputStore(f"{cache_url}/rows") if packed else outputs  # where each row is published
     outputs.clean_leftovers()  # temporary files and staging folders of killed runs (local disk)
+    if packed:
+        videos.clean_leftovers()
     ArtifactStore(f"{cache_url}/artifacts").clean_leftovers()
     rows, extra_fields = manifest_summary(manifest)
     total = rows if limit is None else min(rows, limit)
     previous = _previous_results(outputs)
-    tracker = RunTracker(outputs, total, extra_fields, show_progress=show_progress)
+    tracker = RunTracker(
+        outputs,
+        total,
+        extra_fields,
+        show_progress=show_progress,
+        rows=videos,
+        shard_size=shard_size if packed else None,
+        repack=force,
+    )
+
+    def is_complete(video_id: str) -> bool:
+        """A row made before: its folder is published, or (webdataset) a complete shard holds it."""
+        return (packed and tracker.shards.is_complete(video_id)) or videos.is_complete(video_id)
 
     # 2. stream rows: failed and complete rows are recorded at once, the rest become task chains,
     #    run `chunk_rows` rows of work at a time, each span's work in a subflow. A span also closes
     #    once it reaches SPAN_REACH x chunk_rows manifest rows past its first job, so that rows
     #    finished meanwhile (kept in order by the tracker until that job is done) stay bounded.
     def run_span(work: list) -> None:
-        span = _open_span(_Span(work, tracker, outputs, stages, in_flight, add_complete))
+        span = _open_span(_Span(work, tracker, videos, stages, in_flight, add_complete))
         try:
             # the batch flow's configured runner, not the started one of its run (which cannot be
             # serialised); Prefect runs each subflow on a fresh duplicate of it. The span's leases are
             # renewed while it runs, so no other machine takes over a row that takes hours.
-            with LeaseKeeper(outputs):
+            with LeaseKeeper(videos):
                 chunk_flow.with_options(task_runner=FlowRunContext.get().flow.task_runner)(
                     span=span, first_row=work[0][0].index, rows=len(work)
                 )
@@ -334,13 +362,14 @@ def batch_flow(
             row.extra,
             status="ok",
             cached=True,
-            video=outputs.url_of(f"{row.video_id}/video.mp4"),
-            metadata=outputs.url_of(f"{row.video_id}/metadata.json"),
+            video=None if packed else outputs.url_of(f"{row.video_id}/video.mp4"),
+            metadata=None if packed else outputs.url_of(f"{row.video_id}/metadata.json"),
             seconds=previous.get(row.video_id, {}).get("seconds"),
             scores=previous[row.video_id]["scores"]
             if row.video_id in previous
-            else _published_scores(outputs, row.video_id),
+            else _published_scores(videos, row.video_id),
             counted=row.index < total,
+            prompts=row.request.prompts,
         )
 
     work: list = []
@@ -363,7 +392,7 @@ def batch_flow(
                     error=f"{row.error.column}: {row.error.reason}",
                 )
                 continue
-            if not force and outputs.is_complete(row.video_id):
+            if not force and is_complete(row.video_id):
                 add_complete(row)
                 continue
             if info is None:
@@ -372,7 +401,7 @@ def batch_flow(
                     resolve_device(device)  # a missing GPU stops the run at once, as a missing model does
                 found = _scorers(info.path) if model_scores else {}
             job = _job(
-                row, info, outputs, cache_url, device, dtype, force, channels_last, compile_unet, batch_size
+                row, info, videos, cache_url, device, dtype, force, channels_last, compile_unet, batch_size
             )
             job = dataclasses.replace(job, scorers=found or None)
             work.append((row, job))
@@ -383,12 +412,12 @@ def batch_flow(
         # results.parquet still describes every row that finished or whose video exists: the unfinished
         # rows of the interrupted span and the rows not reached are looked up, then the interrupt goes on
         unfinished = [row for row, _ in work if not tracker.has(row.index)]
-        _describe_complete(outputs, tracker, unfinished, add_complete)
-        _describe_complete(outputs, tracker, (row for row in rows_read if row.index < total), add_complete)
+        _describe_complete(videos, tracker, unfinished, add_complete)
+        _describe_complete(videos, tracker, (row for row in rows_read if row.index < total), add_complete)
         tracker.close()
         raise
     # 3. the rows past --limit whose videos exist are in results.parquet too, by one listing
-    _describe_complete(outputs, tracker, rows_read, add_complete)
+    _describe_complete(videos, tracker, rows_read, add_complete)
 
     # 4. results.parquet and the summary
     return tracker.close()

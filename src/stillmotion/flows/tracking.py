@@ -12,7 +12,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..manifests.schema import RESULTS_FILE
+from ..manifests.schema import REPORT_FILE, RESULTS_FILE
+from ..report import RunReport, render, thumbnail
+from ..shards import ShardWriter, shard_name
 from ..storage import OutputStore, owner_tag, remove_abandoned
 
 FAILURES_SHOWN = 10  # failed rows listed in the summary (and on the terminal)
@@ -37,6 +39,8 @@ RESULT_FIELDS = [
     pa.field("seconds", pa.float64()),
     pa.field("cached", pa.bool_()),  # complete before this run: found by lookup, nothing recomputed
     pa.field("row", pa.int64()),
+    pa.field("shard", pa.string()),  # --format webdataset: the tar the row goes into, and its key there
+    pa.field("key", pa.string()),
 ]
 # a video's scores (metadata.json "scores", see metrics.basic_scores and models.scoring), as score_{name};
 # null where not computed (a scoring model missing, a failed row)
@@ -80,6 +84,9 @@ class RunTracker:
     total: int
     extra_fields: list[pa.Field]
     show_progress: bool = True
+    rows: OutputStore | None = None  # where the rows' folders are (the output, or CACHE/rows)
+    shard_size: int | None = None  # --format webdataset: rows per shard
+    repack: bool = False  # pack every shard, even one already complete with the same rows (--force)
     counts: Counts = field(default_factory=Counts)
     _buffer: dict[int, dict] = field(default_factory=dict)
     _next_row: int = 0
@@ -87,6 +94,7 @@ class RunTracker:
     _summary: list[dict] = field(default_factory=list)
     _skipped: set[int] = field(default_factory=set)  # rows left out, not yet passed by _next_row
     failures: list[dict] = field(default_factory=list)  # the first FAILURES_SHOWN failed rows
+    report: RunReport = field(default_factory=RunReport)
 
     def __post_init__(self) -> None:
         self._contract = {f.name for f in RESULT_FIELDS}  # a manifest column never shadows a result column
@@ -99,6 +107,12 @@ class RunTracker:
         self._tmp.mkdir()
         self._path = self._tmp / RESULTS_FILE
         self._writer = pq.ParquetWriter(self._path, self.schema)
+        self.rows = self.rows or self.outputs
+        self.shards = (
+            ShardWriter(self.outputs, self.rows, self.total, self.shard_size, self.schema, self.repack)
+            if self.shard_size
+            else None
+        )
         self._start = time.monotonic()
         self._bar = None
         self._artifact = None
@@ -125,10 +139,12 @@ class RunTracker:
         counted: bool = True,
         repaired: bool = False,
         scores: dict | None = None,
+        prompts: list[str] | None = None,
+        timings: dict | None = None,
     ) -> None:
         """Record one row's result; `counted=False` for a row outside this run's rows (past --limit)
         that is described but not counted or shown in the progress; `repaired` for a finished row
-        that recomputed a damaged artifact."""
+        that recomputed a damaged artifact; `prompts` and the stages' `timings` go to the report."""
         record = {
             "video_id": video_id,
             "status": status,
@@ -138,6 +154,8 @@ class RunTracker:
             "seconds": None if seconds is None else round(seconds, 3),
             "cached": cached,
             "row": row,
+            "shard": None,
+            "key": None,
             **{f"score_{name}": (scores or {}).get(name) for name in SCORE_NAMES},
             **{name: value for name, value in extra.items() if name not in self._contract},
         }
@@ -154,6 +172,7 @@ class RunTracker:
         else:
             self.counts.done += 1
             self.counts.repaired += repaired
+        self.report.add(record, prompts, timings)
         if len(self._summary) < 1000:
             self._summary.append({k: record[k] for k in ("row", "video_id", "status", "error", "seconds")})
         self._advance()
@@ -173,7 +192,10 @@ class RunTracker:
             if self._next_row in self._skipped:
                 self._skipped.discard(self._next_row)
             else:
-                self._batch.append(self._buffer.pop(self._next_row))
+                record = self._buffer.pop(self._next_row)
+                if self.shards is not None:
+                    self.shards.add(record)  # packs a shard once its last row is here
+                self._batch.append(record)
             self._next_row += 1
         if len(self._batch) >= 1024:
             self._flush()
@@ -221,9 +243,32 @@ class RunTracker:
             "repaired": c.repaired,
             "seconds": round(time.monotonic() - self._start, 2),
             "failures": self.failures,
+            "logs": self.rows.url_of(".logs"),
         }
+        if self.shards is not None:
+            summary["shards"] = {"packed": self.shards.packed, "kept": self.shards.kept}
+        self._write_report(summary)
         _table_artifact(self._summary, summary)
         return summary
+
+    def _write_report(self, summary: dict) -> None:
+        """report.html beside results.parquet; a page that cannot be written is said, not fatal."""
+        shown = [video_id for _, video_id, *_ in self.report.shown]
+        links = {}
+        for row, video_id, *_ in self.report.shown:
+            links[video_id] = (
+                f"{video_id}/video.mp4"
+                if self.shards is None
+                else f"{shard_name(row // self.shard_size)}.tar"
+            )
+        try:
+            paths = {self.rows.path(f"{video_id}/preview.png"): video_id for video_id in shown}
+            found = self.rows.fs.cat(list(paths), on_error="omit") if paths else {}
+            previews = {paths[path]: thumbnail(data) for path, data in found.items()}
+            page = render(self.report, summary, previews, links)
+            self.outputs.write_bytes(REPORT_FILE, page.encode("utf-8"))
+        except Exception as error:  # noqa: BLE001 - the results are written; the page is a view of them
+            print(f"stillmotion: {_not_written(self.outputs.url_of(REPORT_FILE), error)}", file=sys.stderr)
 
 
 def _progress_artifact(tracker: RunTracker, percent: float) -> None:

@@ -75,4 +75,5 @@ def publish_stage(
         "video": outputs.url_of(f"{job.video_id}/video.mp4"),
         "metadata": outputs.url_of(f"{job.video_id}/metadata.json"),
         "scores": scores["scores"] if scores else None,
+        "timings": metadata["timings"],
     }

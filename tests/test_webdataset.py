@@ -1,0 +1,264 @@
+"""`--format webdataset`: tar shards in manifest order, read back with the webdataset library (and a torch
+DataLoader), on local disk and on S3 (moto); resume per row, repacking only what changed; kill -9."""
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import fsspec.config
+import numpy as np
+import PIL.Image
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+import torch.utils.data
+import webdataset as wds
+from moto.server import ThreadedMotoServer
+from prefect.testing.utilities import prefect_test_harness
+
+from stillmotion.cli import main
+from stillmotion.tasks import COMPUTED
+
+KEY, SECRET = "AKIASTILLMOTION0WDS", "stillmotion-wds-secret"
+IDS = ["a", "b.2", "missing", "d", "e"]  # rows 0..4; shard size 2: shards 0 (a, b.2), 1 (missing, d), 2 (e)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def prefect_home(tmp_path_factory):
+    """PREFECT_HOME of the `stillmotion run` subprocesses (their embedded server)."""
+    return tmp_path_factory.mktemp("prefect-home")
+
+
+def png(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(seed)
+    PIL.Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def manifest_bytes(ids: list[str]) -> bytes:
+    table = pa.table(
+        {
+            "video_id": ids,
+            "image": [f"images/{'nope' if i == 'missing' else i}.png" for i in ids],
+            "caption": ["a photo"] * len(ids),
+            "prompts": [[f"a dog {i}"] if n % 2 else [f"a cat {i}", "a bird"] for n, i in enumerate(ids)],
+            "steps": [3] * len(ids),
+            "keyframes": [2] * len(ids),
+            "frames": [2] * len(ids),
+        }
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def local_manifest(tmp_path):
+    (tmp_path / "in" / "images").mkdir(parents=True)
+    for n, video_id in enumerate(IDS):
+        (tmp_path / "in" / "images" / f"{video_id}.png").write_bytes(png(n))
+    (tmp_path / "in" / "images" / "missing.png").unlink()
+    (tmp_path / "in" / "manifest.parquet").write_bytes(manifest_bytes(IDS))
+    return tmp_path / "in"
+
+
+def run_args(manifest, output, model, *extra) -> list[str]:
+    return [
+        "run",
+        str(manifest),
+        "--output",
+        str(output),
+        "--model",
+        str(model),
+        "--format",
+        "webdataset",
+        "--shard-size",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def samples(urls: list[str]) -> list[dict]:
+    return list(wds.WebDataset(urls, shardshuffle=False))
+
+
+def check_samples(found: list[dict], ids: list[str]) -> None:
+    """Every sample whole: its metadata names it, its prompts, and hashes of its video and preview."""
+    assert [s["__key__"] for s in found] == [i.replace(".", "%2E") for i in ids]
+    for sample in found:
+        metadata = json.loads(sample["json"])
+        assert metadata["video_id"].replace(".", "%2E") == sample["__key__"]
+        assert sample["txt"].decode().split("\n") == metadata["prompts"]
+        assert hashlib.sha256(sample["mp4"]).hexdigest() == metadata["hashes"]["video.mp4"]
+        assert hashlib.sha256(sample["png"]).hexdigest() == metadata["hashes"]["preview.png"]
+
+
+def stamps(folder) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name[:5].isdigit()}
+
+
+def test_shards_in_manifest_order_with_parquet_and_stats_read_by_webdataset(
+    local_manifest, tmp_path, tiny_model_dir
+):
+    output = tmp_path / "out"
+    assert main(run_args(local_manifest / "manifest.parquet", output, tiny_model_dir)) == 3  # one row fails
+    names = sorted(p.name for p in output.iterdir() if not p.name.startswith("."))
+    shards = [f"{i:05d}{ext}" for i in range(3) for ext in (".parquet", ".tar", "_stats.json")]
+    assert names == sorted([*shards, "report.html", "results.parquet"])  # no folder per video
+
+    urls = [str(output / f"{i:05d}.tar") for i in range(3)]
+    check_samples(samples(urls), ["a", "b.2", "d", "e"])
+    loader = torch.utils.data.DataLoader(
+        wds.WebDataset(urls, shardshuffle=False).to_tuple("__key__", "mp4"), batch_size=None
+    )
+    assert [key for key, _ in loader] == ["a", "b%2E2", "d", "e"]
+
+    # each shard's Parquet has every row of the shard, the failed one with its reason; stats last
+    shard1 = pq.read_table(output / "00001.parquet").to_pylist()
+    assert [(r["video_id"], r["status"]) for r in shard1] == [("missing", "failed"), ("d", "ok")]
+    assert "nope.png" in shard1[0]["error"]
+    stats = json.loads((output / "00001_stats.json").read_text())
+    assert (stats["count"], stats["successes"], stats["failed"]) == (2, 1, 1)
+    assert stats["failures_by_reason"] == {shard1[0]["error"]: 1}
+    assert (stats["first_row"], stats["last_row"]) == (2, 3) and stats["start"] <= stats["end"]
+    results = pq.read_table(output / "results.parquet").to_pylist()
+    assert [r["shard"] for r in results] == [str(output / f"{n // 2:05d}.tar") for n in range(5)]
+    assert results[1]["key"] == "b%2E2" and results[1]["video"] is None
+
+    # a rerun rewrites no shard and computes nothing, even with the rows' folders gone from the cache
+    before, computed = stamps(output), COMPUTED.copy()
+    assert main(run_args(local_manifest / "manifest.parquet", output, tiny_model_dir)) == 3
+    assert stamps(output) == before and COMPUTED == computed
+    for folder in (output / ".cache" / "rows").iterdir():
+        if not folder.name.startswith("."):
+            shutil.rmtree(folder)
+    assert main(run_args(local_manifest / "manifest.parquet", output, tiny_model_dir)) == 3
+    assert stamps(output) == before and COMPUTED == computed
+    results = pq.read_table(output / "results.parquet").to_pylist()
+    assert [r["cached"] for r in results] == [True, True, False, True, True]
+
+    # the failed row's image appears: that row is made, its shard alone repacked (its other row taken
+    # from the old shard, its folder being gone); the other shards stay as they are
+    (local_manifest / "images" / "nope.png").write_bytes(png(9))
+    assert main(run_args(local_manifest / "manifest.parquet", output, tiny_model_dir)) == 0
+    after = stamps(output)
+    changed = {name for name in after if after[name] != before[name]}
+    assert changed == {"00001.tar", "00001.parquet", "00001_stats.json"}
+    assert set(COMPUTED - computed) == {"source", "invert", "keyframes", "frames", "encode", "scores"}
+    check_samples(samples([str(output / "00001.tar")]), ["missing", "d"])
+
+
+# `stillmotion run` killed (SIGKILL, by itself) halfway through uploading its second shard
+KILLED_MID_SHARD = """
+import os, signal, sys
+from stillmotion import storage
+from stillmotion.cli import main
+
+put_file = storage.Store.put_file
+calls = []
+
+def killed(self, local_path, relative):
+    calls.append(relative)
+    if len(calls) == 2:
+        data = open(local_path, "rb").read()
+        with open(self.path(storage.TEMPORARY_PREFIX + storage.owner_tag()), "wb") as handle:
+            handle.write(data[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+    put_file(self, local_path, relative)
+
+storage.Store.put_file = killed
+sys.exit(main(sys.argv[1:]))
+"""
+RUN = "import sys; from stillmotion.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def test_a_kill_while_packing_leaves_no_partial_shard_and_the_rerun_completes_every_shard(
+    local_manifest, tmp_path, tiny_model_dir, prefect_home
+):
+    output = tmp_path / "out"
+    (local_manifest / "images" / "nope.png").write_bytes(png(9))
+    args = run_args(local_manifest / "manifest.parquet", output, tiny_model_dir)
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home), "PREFECT_API_URL": ""}
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_SHARD, *args], env=env, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    assert [p.name for p in output.iterdir() if p.name.startswith(".tmp-")]  # the half-written upload
+    for tar in output.glob("*.tar"):  # every shard a loader can see is whole and marked complete
+        assert (output / f"{tar.stem}_stats.json").exists()
+        with tarfile.open(tar) as archive:
+            assert len(archive.getmembers()) == 4 * 2
+    assert not (output / "00001.tar").exists()
+    made = {p.name for p in (output / ".cache" / "rows").iterdir() if not p.name.startswith(".")}
+
+    rerun = subprocess.run([sys.executable, "-c", RUN, *args], env=env, timeout=300)
+    assert rerun.returncode == 0
+    assert not [p.name for p in output.iterdir() if p.name.startswith(".tmp-")]
+    check_samples(samples([str(output / f"{i:05d}.tar") for i in range(3)]), IDS)
+    results = pq.read_table(output / "results.parquet").to_pylist()
+    assert {r["video_id"] for r in results if r["cached"]} == made  # nothing finished was made again
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, key=KEY, secret=SECRET)
+    fs.mkdir("bucket")
+    yield fs, endpoint
+    server.stop()
+    fsspec.config.conf.pop("s3", None)
+
+
+def objects(fs) -> dict:
+    """{name: last modified} of the objects at the output's top level."""
+    return {
+        e["name"].rsplit("/", 1)[-1]: e["LastModified"]
+        for e in fs.ls("bucket/out", detail=True)
+        if e["type"] == "file"
+    }
+
+
+def test_shards_on_s3_are_read_by_webdataset_and_a_rerun_rewrites_nothing(s3, tiny_model_dir, monkeypatch):
+    fs, endpoint = s3
+    ids = ["a", "b.2", "d"]
+    for n, video_id in enumerate(ids):
+        fs.pipe_file(f"bucket/in/images/{video_id}.png", png(n))
+    fs.pipe_file("bucket/in/manifest.parquet", manifest_bytes(ids))
+    options = json.dumps({"endpoint_url": endpoint, "key": KEY, "secret": SECRET})
+    args = run_args("s3://bucket/in/manifest.parquet", "s3://bucket/out", tiny_model_dir)
+    args += ["--storage-options", options]
+    assert main(args) == 0
+    listed = objects(fs)
+    assert {"00000.tar", "00000_stats.json", "00001.tar", "00001_stats.json", "report.html"} <= set(listed)
+    assert not [name for name in listed if name.startswith(".tmp-")]
+
+    # webdataset opens s3:// URLs through a handler of its own; here, fsspec's
+    monkeypatch.setitem(
+        wds.gopen_schemes, "s3", lambda url, mode="rb", bufsize=8192: fs.open(url, mode)
+    )
+    check_samples(samples(["s3://bucket/out/00000.tar", "s3://bucket/out/00001.tar"]), ids)
+
+    time.sleep(1.1)  # S3 times objects to the second: a rewrite would show
+    assert main(args) == 0
+    fs.invalidate_cache()
+    again = objects(fs)
+    assert {k: v for k, v in again.items() if k[:5].isdigit()} == {
+        k: v for k, v in listed.items() if k[:5].isdigit()
+    }
