@@ -250,9 +250,7 @@ def test_shards_on_s3_are_read_by_webdataset_and_a_rerun_rewrites_nothing(s3, ti
     assert not [name for name in listed if name.startswith(".tmp-")]
 
     # webdataset opens s3:// URLs through a handler of its own; here, fsspec's
-    monkeypatch.setitem(
-        wds.gopen_schemes, "s3", lambda url, mode="rb", bufsize=8192: fs.open(url, mode)
-    )
+    monkeypatch.setitem(wds.gopen_schemes, "s3", lambda url, mode="rb", bufsize=8192: fs.open(url, mode))
     check_samples(samples(["s3://bucket/out/00000.tar", "s3://bucket/out/00001.tar"]), ids)
 
     time.sleep(1.1)  # S3 times objects to the second: a rewrite would show
