@@ -10,7 +10,7 @@ DEMO   := demo-output
 export HF_HUB_OFFLINE ?= 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup demo test lint bench constraints clean
+.PHONY: setup browser demo test lint bench constraints clean
 
 setup: $(STAMP)
 
@@ -30,8 +30,15 @@ demo: setup
 	@echo "With real weights (GPU recommended):"
 	@echo "  $(BIN)/stillmotion run manifests/examples/manifest.parquet --output out/ --model CompVis/stable-diffusion-v1-4"
 
-test: setup
+test: setup browser
 	$(BIN)/pytest -q
+
+# The report test opens report.html in a real headless browser: Debian's Chromium, installed if missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium (for tests/test_report.py)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends chromium >/dev/null; }
 
 lint: setup
 	$(BIN)/ruff check .
