@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command != "validate":  # validate reads manifests and images: no model library
+        # validate reads manifests and images: no model library; run, only once some row needs work
+        if args.command not in ("validate", "run"):
             _quiet_libraries()  # imports torch and the model libraries: seconds in which Ctrl-C may come
         return COMMANDS[args.command](args)
     except UsageError as error:

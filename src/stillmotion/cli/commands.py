@@ -194,10 +194,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     with Interrupts() as interrupts, contextlib.ExitStack() as stack:
         results_before = None
         try:
+            results_before = _results_stamp(args.output)
+            if not args.force:  # a rerun with nothing to make needs no Prefect server, no Dask, no model
+                from ..flows.resume import finish_if_complete
+
+                with _storage_failures():
+                    summary = finish_if_complete(
+                        **_flow_parameters(args), limit=args.limit, show_progress=not args.no_progress
+                    )
+                if summary is not None:
+                    return _summarise(args, summary)
+            _quiet_libraries()
             runner = _task_runner(args, stack)
             if runner is None:
                 start_detached_server()  # out of the terminal's process group, so Ctrl-C spares it
-            results_before = _results_stamp(args.output)
             return _run(args, runner)
         except interrupt_types() as error:
             interrupts.note(error)
@@ -215,18 +225,9 @@ def _run(args: argparse.Namespace, runner) -> int:
     parameters = {**_flow_parameters(args), "limit": args.limit, "force": args.force}
     for attempt in range(1, PREFECT_CONFLICT_TRIES + 1):
         try:
-            summary = flow(**parameters, show_progress=not args.no_progress)
+            with _storage_failures():
+                summary = flow(**parameters, show_progress=not args.no_progress)
             break
-        except OSError as error:  # storage that kept failing past the retries, outside any row
-            if isinstance(error, FileNotFoundError | PermissionError | IsADirectoryError):
-                raise  # a missing manifest, say: a user error of its own (one line)
-            from ..flows.tracking import RunError
-            from ..tasks.stages import one_line
-
-            raise RunError(
-                f"storage failed during the run ({one_line(error)}); the videos made are kept: run "
-                "again to resume"
-            ) from None
         except Exception as error:
             if not _prefect_conflict(error):
                 raise
@@ -245,6 +246,28 @@ def _run(args: argparse.Namespace, runner) -> int:
                 file=sys.stderr,
             )
             time.sleep(PREFECT_CONFLICT_WAIT_S)
+    return _summarise(args, summary)
+
+
+@contextlib.contextmanager
+def _storage_failures():
+    """Storage that kept failing past the retries, outside any row: one line (a RunError)."""
+    try:
+        yield
+    except OSError as error:
+        if isinstance(error, FileNotFoundError | PermissionError | IsADirectoryError):
+            raise  # a missing manifest, say: a user error of its own (one line)
+        from ..flows.tracking import RunError
+        from ..tasks.stages import one_line
+
+        raise RunError(
+            f"storage failed during the run ({one_line(error)}); the videos made are kept: run again to "
+            "resume"
+        ) from None
+
+
+def _summarise(args: argparse.Namespace, summary: dict) -> int:
+    """The run's one summary line (and its failed rows on stderr); returns the exit status."""
     repaired = f" ({summary['repaired']} repaired a damaged artifact)" if summary.get("repaired") else ""
     print(
         f"{summary['rows']} rows: {summary['done']} made{repaired}, {summary['cached']} already complete, "

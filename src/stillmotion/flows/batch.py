@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import json
 import sys
 import time
 import uuid
@@ -24,20 +23,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from prefect import flow
 from prefect.context import FlowRunContext
 from prefect.exceptions import ExternalSignal
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from ..manifests import iter_manifest, manifest_summary
-from ..manifests.schema import RESULTS_FILE
+from ..manifests import iter_manifest
 from ..models.loading import inspect_model, resolve_device
 from ..models.scoring import find_scorers
-from ..shards import FORMATS, SHARD_SIZE
+from ..shards import SHARD_SIZE
 from ..single import resolved
-from ..storage import ArtifactStore, DamagedArtifact, LeaseKeeper, OutputStore, configure_storage
+from ..storage import DamagedArtifact, LeaseKeeper, OutputStore
 from ..tasks import (
     Job,
     caption_stage,
@@ -49,7 +46,8 @@ from ..tasks import (
     scores_stage,
     source_stage,
 )
-from .tracking import SCORE_NAMES, RunError, RunTracker
+from .resume import describe_complete, open_batch
+from .tracking import RunError, RunTracker
 
 SPAN_REACH = 10  # a span of work closes at most this many x chunk_rows manifest rows past its first job
 
@@ -301,49 +299,19 @@ def batch_flow(
         ("chunk_rows", chunk_rows),
         ("in_flight", in_flight),
         ("batch_size", 1 if batch_size is None else batch_size),
-        ("shard_size", shard_size),
     ):
         if not isinstance(value, int) or value < 1:
             raise RunError(f"{name} must be an integer >= 1, got {value!r}")
-    if output_format not in FORMATS:
-        raise RunError(f"output_format must be one of {', '.join(FORMATS)}, got {output_format!r}")
-    # 1. stores: fail the run (not a row) when the output cannot be written
-    configure_storage()  # options per protocol from the environment, never from parameters
-    outputs = OutputStore(output)
-    cache_url = (cache or f"{output}/.cache").rstrip("/")
-    try:
-        outputs.write_bytes(".stillmotion-run", f"{time.time()}\n".encode())
-    except Exception as error:  # noqa: BLE001 - any failure here means "cannot write the output"
-        raise RunError(f"cannot write to output {output}: {error}") from None
-    packed = output_format == "webdataset"
-    videos = OutputStore(f"{cache_url}/rows") if packed else outputs  # where each row is published
-    outputs.clean_leftovers()  # temporary files and staging folders of killed runs (local disk)
-    if packed:
-        videos.clean_leftovers()
-    ArtifactStore(f"{cache_url}/artifacts").clean_leftovers()
-    rows, extra_fields = manifest_summary(manifest)
-    total = rows if limit is None else min(rows, limit)
-    previous = _previous_results(outputs)
-    tracker = RunTracker(
-        outputs,
-        total,
-        extra_fields,
-        show_progress=show_progress,
-        rows=videos,
-        shard_size=shard_size if packed else None,
-        repack=force,
-    )
-
-    def is_complete(video_id: str) -> bool:
-        """A row made before: its folder is published, or (webdataset) a complete shard holds it."""
-        return (packed and tracker.shards.is_complete(video_id)) or videos.is_complete(video_id)
+    # 1. stores and the results (see open_batch)
+    b = open_batch(manifest, output, cache, limit, force, show_progress, output_format, shard_size)
+    tracker, videos, cache_url, total = b.tracker, b.videos, b.cache_url, b.total
 
     # 2. stream rows: failed and complete rows are recorded at once, the rest become task chains,
     #    run `chunk_rows` rows of work at a time, each span's work in a subflow. A span also closes
     #    once it reaches SPAN_REACH x chunk_rows manifest rows past its first job, so that rows
     #    finished meanwhile (kept in order by the tracker until that job is done) stay bounded.
     def run_span(work: list) -> None:
-        span = _open_span(_Span(work, tracker, videos, stages, in_flight, add_complete))
+        span = _open_span(_Span(work, tracker, videos, stages, in_flight, b.add_complete))
         try:
             # the batch flow's configured runner, not the started one of its run (which cannot be
             # serialised); Prefect runs each subflow on a fresh duplicate of it. The span's leases are
@@ -354,23 +322,6 @@ def batch_flow(
                 )
         finally:
             _close_span(span)
-
-    def add_complete(row) -> None:
-        tracker.add(
-            row.index,
-            row.video_id,
-            row.extra,
-            status="ok",
-            cached=True,
-            video=None if packed else outputs.url_of(f"{row.video_id}/video.mp4"),
-            metadata=None if packed else outputs.url_of(f"{row.video_id}/metadata.json"),
-            seconds=previous.get(row.video_id, {}).get("seconds"),
-            scores=previous[row.video_id]["scores"]
-            if row.video_id in previous
-            else _published_scores(videos, row.video_id),
-            counted=row.index < total,
-            prompts=row.request.prompts,
-        )
 
     work: list = []
     info = stages = None  # model resolved (not loaded) and tasks configured only when some row needs work
@@ -384,16 +335,10 @@ def batch_flow(
                 run_span(work)
                 work = []
             if row.error is not None:
-                tracker.add(
-                    row.index,
-                    row.error.video_id,  # as given, even when unsafe as a folder name: data, not a path
-                    row.extra,
-                    status="failed",
-                    error=f"{row.error.column}: {row.error.reason}",
-                )
+                b.add_invalid(row)
                 continue
-            if not force and is_complete(row.video_id):
-                add_complete(row)
+            if not force and b.is_complete(row.video_id):
+                b.add_complete(row)
                 continue
             if info is None:
                 info, stages = inspect_model(model), _stages(cache_url, force)
@@ -412,12 +357,12 @@ def batch_flow(
         # results.parquet still describes every row that finished or whose video exists: the unfinished
         # rows of the interrupted span and the rows not reached are looked up, then the interrupt goes on
         unfinished = [row for row, _ in work if not tracker.has(row.index)]
-        _describe_complete(videos, tracker, unfinished, add_complete)
-        _describe_complete(videos, tracker, (row for row in rows_read if row.index < total), add_complete)
+        describe_complete(videos, tracker, unfinished, b.add_complete)
+        describe_complete(videos, tracker, (row for row in rows_read if row.index < total), b.add_complete)
         tracker.close()
         raise
     # 3. the rows past --limit whose videos exist are in results.parquet too, by one listing
-    _describe_complete(videos, tracker, rows_read, add_complete)
+    describe_complete(videos, tracker, rows_read, b.add_complete)
 
     # 4. results.parquet and the summary
     return tracker.close()
@@ -452,42 +397,3 @@ def _job(row, info, outputs, cache_url, device, dtype, force, channels_last, com
         compile_unet=compile_unet,
         batch_size=batch_size,
     )
-
-
-def _describe_complete(outputs: OutputStore, tracker: RunTracker, rows, add_complete) -> None:
-    """Record the valid rows among `rows` whose videos are complete (listing the output once); the
-    others are left out of the results."""
-    complete = None
-    for row in rows:
-        if row.error is None:
-            complete = outputs.complete_ids() if complete is None else complete
-            if row.video_id in complete:
-                add_complete(row)
-                continue
-        tracker.skip(row.index)
-
-
-def _previous_results(outputs: OutputStore) -> dict[str, dict]:
-    """{video_id: {"seconds", "scores"}} of each video made by earlier runs (from the results.parquet
-    they left), so a cached row keeps the time it took to make and its scores."""
-    try:
-        table = pq.read_table(outputs.fs.open(outputs.path(RESULTS_FILE)))
-    except Exception:  # noqa: BLE001 - none yet, or unreadable: looked up per video instead
-        return {}
-    if not {"video_id", "status", "seconds"} <= set(table.column_names):
-        return {}
-    names = [name for name in SCORE_NAMES if f"score_{name}" in table.column_names]
-    columns = ["video_id", "status", "seconds", *(f"score_{name}" for name in names)]
-    return {
-        r["video_id"]: {"seconds": r["seconds"], "scores": {n: r[f"score_{n}"] for n in names} or None}
-        for r in table.select(columns).to_pylist()
-        if r["status"] == "ok"
-    }
-
-
-def _published_scores(outputs: OutputStore, video_id: str) -> dict | None:
-    """A complete video's scores from its metadata.json (when no earlier results.parquet has them)."""
-    try:
-        return json.loads(outputs.read_bytes(f"{video_id}/metadata.json")).get("scores")
-    except Exception:  # noqa: BLE001 - unreadable or older than scores: none
-        return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -217,6 +218,14 @@ class RunTracker:
         if self.total and (now - self._last_artifact > 2 or c.finished == self.total):
             self._last_artifact = now
             _progress_artifact(self, 100.0 * c.finished / self.total)
+
+    def discard(self) -> None:
+        """Give up without writing anything (the batch flow will record the run instead)."""
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._bar is not None:
+            self._bar.close()
 
     def close(self) -> dict:
         """Write results.parquet and the summary artifact; return the counts."""

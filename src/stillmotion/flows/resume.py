@@ -1,0 +1,173 @@
+"""The rows of a run that need no work, and the run's stores and results: no Prefect, no torch.
+
+`finish_if_complete` ends a rerun whose every row is complete without starting Prefect at all; the
+batch flow uses the same `open_batch` and records its complete and invalid rows the same way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+
+from ..manifests import iter_manifest, manifest_summary
+from ..manifests.schema import RESULTS_FILE
+from ..shards import FORMATS, SHARD_SIZE
+from ..storage import ArtifactStore, OutputStore, configure_storage
+from .tracking import SCORE_NAMES, RunError, RunTracker
+
+
+@dataclass
+class Batch:
+    """A run's stores and results, and how it records the rows that need no work."""
+
+    outputs: OutputStore
+    videos: OutputStore  # where each row is published: the output, or CACHE/rows (webdataset)
+    packed: bool
+    cache_url: str
+    total: int
+    tracker: RunTracker
+    previous: dict  # what earlier runs recorded of each video (see _previous_results)
+
+    def is_complete(self, video_id: str) -> bool:
+        """A row made before: its folder is published, or (webdataset) a complete shard holds it."""
+        return (self.packed and self.tracker.shards.is_complete(video_id)) or self.videos.is_complete(
+            video_id
+        )
+
+    def add_invalid(self, row) -> None:
+        self.tracker.add(
+            row.index,
+            row.error.video_id,  # as given, even when unsafe as a folder name: data, not a path
+            row.extra,
+            status="failed",
+            error=f"{row.error.column}: {row.error.reason}",
+        )
+
+    def add_complete(self, row) -> None:
+        """Record a row whose video exists (made by an earlier or another run)."""
+        previous, outputs = self.previous.get(row.video_id), self.outputs
+        self.tracker.add(
+            row.index,
+            row.video_id,
+            row.extra,
+            status="ok",
+            cached=True,
+            video=None if self.packed else outputs.url_of(f"{row.video_id}/video.mp4"),
+            metadata=None if self.packed else outputs.url_of(f"{row.video_id}/metadata.json"),
+            seconds=previous and previous["seconds"],
+            scores=previous["scores"] if previous else _published_scores(self.videos, row.video_id),
+            counted=row.index < self.total,
+            prompts=row.request.prompts,
+        )
+
+
+def open_batch(manifest, output, cache, limit, force, show_progress, output_format, shard_size) -> Batch:
+    """The stores (failing the run, not a row, when the output cannot be written), what killed runs
+    left cleaned up, and the tracker of the run's results."""
+    if not isinstance(shard_size, int) or shard_size < 1:
+        raise RunError(f"shard_size must be an integer >= 1, got {shard_size!r}")
+    if output_format not in FORMATS:
+        raise RunError(f"output_format must be one of {', '.join(FORMATS)}, got {output_format!r}")
+    configure_storage()  # options per protocol from the environment, never from parameters
+    outputs = OutputStore(output)
+    cache_url = (cache or f"{output}/.cache").rstrip("/")
+    try:
+        outputs.write_bytes(".stillmotion-run", f"{time.time()}\n".encode())
+    except Exception as error:  # noqa: BLE001 - any failure here means "cannot write the output"
+        raise RunError(f"cannot write to output {output}: {error}") from None
+    packed = output_format == "webdataset"
+    videos = OutputStore(f"{cache_url}/rows") if packed else outputs
+    outputs.clean_leftovers()  # temporary files and staging folders of killed runs (local disk)
+    if packed:
+        videos.clean_leftovers()
+    ArtifactStore(f"{cache_url}/artifacts").clean_leftovers()
+    rows, extra_fields = manifest_summary(manifest)
+    total = rows if limit is None else min(rows, limit)
+    tracker = RunTracker(
+        outputs,
+        total,
+        extra_fields,
+        show_progress=show_progress,
+        rows=videos,
+        shard_size=shard_size if packed else None,
+        repack=force,
+    )
+    return Batch(outputs, videos, packed, cache_url, total, tracker, _previous_results(outputs))
+
+
+def finish_if_complete(
+    manifest: str,
+    output: str,
+    cache: str | None = None,
+    limit: int | None = None,
+    show_progress: bool = False,
+    output_format: str = "files",
+    shard_size: int = SHARD_SIZE,
+    **_,
+) -> dict | None:
+    """A rerun with nothing to make, without Prefect: when every valid row of the run is complete, the
+    results (results.parquet, report.html, shards whose files are all there) are written as the batch
+    flow would and its summary returned; None, having written nothing but the run stamp, as soon as a
+    row needs work (the batch flow then runs)."""
+    b = open_batch(manifest, output, cache, limit, False, show_progress, output_format, shard_size)
+    rows_read = iter_manifest(manifest)
+    try:
+        for row in rows_read:
+            if row.index >= b.total:
+                rows_read = itertools.chain([row], rows_read)
+                break
+            if row.error is not None:
+                b.add_invalid(row)
+            elif b.is_complete(row.video_id):
+                b.add_complete(row)
+            else:
+                b.tracker.discard()
+                return None
+    except BaseException:
+        b.tracker.discard()
+        raise
+    describe_complete(b.videos, b.tracker, rows_read, b.add_complete)
+    return b.tracker.close()
+
+
+def describe_complete(outputs: OutputStore, tracker: RunTracker, rows, add_complete) -> None:
+    """Record the valid rows among `rows` whose videos are complete (listing the output once); the
+    others are left out of the results."""
+    complete = None
+    for row in rows:
+        if row.error is None:
+            complete = outputs.complete_ids() if complete is None else complete
+            if row.video_id in complete:
+                add_complete(row)
+                continue
+        tracker.skip(row.index)
+
+
+def _previous_results(outputs: OutputStore) -> dict[str, dict]:
+    """{video_id: {"seconds", "scores"}} of each video made by earlier runs (from the results.parquet
+    they left), so a cached row keeps the time it took to make and its scores."""
+    try:
+        table = pq.read_table(outputs.fs.open(outputs.path(RESULTS_FILE)))
+    except Exception:  # noqa: BLE001 - none yet, or unreadable: looked up per video instead
+        return {}
+    if not {"video_id", "status", "seconds"} <= set(table.column_names):
+        return {}
+    names = [name for name in SCORE_NAMES if f"score_{name}" in table.column_names]
+    columns = ["video_id", "status", "seconds", *(f"score_{name}" for name in names)]
+    return {
+        r["video_id"]: {"seconds": r["seconds"], "scores": {n: r[f"score_{n}"] for n in names} or None}
+        for r in table.select(columns).to_pylist()
+        if r["status"] == "ok"
+    }
+
+
+def _published_scores(outputs: OutputStore, video_id: str) -> dict | None:
+    """A complete video's scores from its metadata.json (when no earlier results.parquet has them)."""
+    try:
+        return json.loads(outputs.read_bytes(f"{video_id}/metadata.json")).get("scores")
+    except Exception:  # noqa: BLE001 - unreadable or older than scores: none
+        return None
