@@ -15,6 +15,7 @@ those of the complete shard already there is left as it is.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import io
@@ -144,9 +145,10 @@ class ShardWriter:
         ok = [r for r in records if r["status"] == "ok"]
         local = Path(tempfile.gettempdir()) / f"{SHARD_TEMP_PREFIX}{owner_tag()}"  # see remove_abandoned
         try:
-            with tarfile.open(local, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            with contextlib.ExitStack() as stack, tarfile.open(local, "w", format=tarfile.PAX_FORMAT) as tar:
+                held = _HeldRows(self.outputs, self._held, stack)
                 for start in range(0, len(ok), READ_BATCH):
-                    for record, files in self._row_files(ok[start : start + READ_BATCH]):
+                    for record, files in self._row_files(ok[start : start + READ_BATCH], held):
                         _add_sample(tar, record["key"], files)
             self.outputs.put_file(str(local), f"{name}.tar")
         finally:
@@ -161,7 +163,7 @@ class ShardWriter:
         )
         self.packed += 1
 
-    def _row_files(self, records: list[dict]):
+    def _row_files(self, records: list[dict], held: _HeldRows):
         """(record, {ext: bytes}) of each finished row: from its folder in the cache, else from the
         complete shard that held it."""
         paths = {}
@@ -176,21 +178,29 @@ class ShardWriter:
         for record in records:
             files = by_row.get(record["video_id"], {})
             if len(files) < len(ROW_FILES):
-                files = self._from_old_shard(record["video_id"])
+                files = held.files(record["video_id"], self.rows.url_of(record["video_id"]))
             metadata = json.loads(files["json"])
             files["txt"] = "\n".join(metadata.get("prompts", [])).encode()
             yield record, files
 
-    def _from_old_shard(self, video_id: str) -> dict[str, bytes]:
-        if video_id not in self._held:
-            raise FileNotFoundError(
-                f"{self.rows.url_of(video_id)} is incomplete and no complete shard holds {video_id!r}"
+
+class _HeldRows:
+    """The files of rows that complete shards hold, each shard opened once (its members indexed once)."""
+
+    def __init__(self, outputs: OutputStore, held: dict[str, int], stack: contextlib.ExitStack) -> None:
+        self.outputs, self.held, self.stack, self.archives = outputs, held, stack, {}
+
+    def files(self, video_id: str, folder: str) -> dict[str, bytes]:
+        if video_id not in self.held:
+            raise FileNotFoundError(f"{folder} is incomplete and no complete shard holds {video_id!r}")
+        index = self.held[video_id]
+        if index not in self.archives:
+            handle = self.stack.enter_context(
+                self.outputs.fs.open(self.outputs.path(f"{shard_name(index)}.tar"))
             )
-        tar_path = self.outputs.path(f"{shard_name(self._held[video_id])}.tar")
-        with self.outputs.fs.open(tar_path, "rb") as handle:
-            archive = fsspec.filesystem("tar", fo=handle)
-            key = sample_key(video_id)
-            return {ext: archive.cat_file(f"{key}.{ext}") for ext in ROW_FILES}
+            self.archives[index] = fsspec.filesystem("tar", fo=handle, skip_instance_cache=True)
+        key = sample_key(video_id)
+        return {ext: self.archives[index].cat_file(f"{key}.{ext}") for ext in ROW_FILES}
 
 
 def _add_sample(tar: tarfile.TarFile, key: str, files: dict[str, bytes]) -> None:
