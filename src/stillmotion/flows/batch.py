@@ -303,7 +303,7 @@ def batch_flow(
         outputs.write_bytes(".stillmotion-run", f"{time.time()}\n".encode())
     except Exception as error:  # noqa: BLE001 - any failure here means "cannot write the output"
         raise RunError(f"cannot write to output {output}: {error}") from None
-    outputs.clean_leftovers()  # temporary files and staging folders of killed runs (local disk)
+    outputs.clean_leftovers()  # leases of killed runs; their temporary files and staging folders (local)
     ArtifactStore(f"{cache_url}/artifacts").clean_leftovers()
     rows, extra_fields = manifest_summary(manifest)
     total = rows if limit is None else min(rows, limit)
