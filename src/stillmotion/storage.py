@@ -540,7 +540,9 @@ class OutputStore(Store):
             if self.fs.exists(target):
                 return False
             self.fs.pipe_file(target, data)
-        except OSError as error:  # S3: 412 PreconditionFailed, or 409 for a concurrent conditional write
+        # S3: 412 PreconditionFailed, or 409 for a concurrent conditional write. SeaweedFS answers 412
+        # without AWS's Condition field, so s3fs raises OSError(EINVAL) there, not FileExistsError
+        except OSError as error:
             if _error_code(error) in {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}:
                 return False
             raise
