@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 import fsspec
@@ -267,6 +268,31 @@ def test_a_lease_is_one_live_processes_and_a_dead_holders_is_taken(tmp_path):
     (tmp_path / "out" / ".leases" / "b").write_text(f"other.{os.getppid()}.{storage.machine_id()}")
     store.release_lease("b")  # taken over by another process meanwhile: never deleted by us
     assert (tmp_path / "out" / ".leases" / "b").exists()
+
+
+def test_a_run_removes_the_leases_killed_runs_left_and_no_live_ones(tmp_path):
+    """A run killed between publishing a video and giving its row back leaves the lease; no later run
+    takes it over (the row is complete), so the next run's clean-up removes it, and only such leases."""
+    here, stale = storage.machine_id(), time.time() - 2 * storage.ABANDONED_AFTER_S
+    for url in (str(tmp_path / "out"), "memory://lease-cleanup"):
+        store = storage.OutputStore(url)
+        assert store.clean_leftovers() == 0  # no .leases folder yet
+        leases = {
+            "dead": f"t.999999999.{here}",  # a process of this machine that is gone
+            "live": f"t.{os.getppid()}.{here}",  # one that lives
+            "far": "t.1.elsewhere",  # another machine's, touched just now
+            "stale": "t.1.elsewhere",  # another machine's, untouched for two hours
+        }
+        for video_id, holder in leases.items():
+            store.write_bytes(f".leases/{video_id}", holder.encode())
+        if store.local:
+            os.utime(store.path(".leases/stale"), (stale, stale))
+        else:  # memory:// records a creation time alone
+            store.fs.store[store.path(".leases/stale")].created = datetime.fromtimestamp(stale, timezone.utc)
+        assert store.take_lease("mine")
+        assert store.clean_leftovers() == 2
+        assert {p.rsplit("/", 1)[-1] for p in store.fs.find(store.path(".leases"))} == {"live", "far", "mine"}
+        store.release_lease("mine")
 
 
 def test_held_leases_are_renewed_so_no_other_machine_takes_a_long_row(tmp_path, monkeypatch):

@@ -554,24 +554,49 @@ class OutputStore(Store):
             if self.fs.exists(target):
                 return False
             self.fs.pipe_file(target, data)
-        except OSError as error:  # S3: 412 PreconditionFailed, or 409 for a concurrent conditional write
+        # S3: 412 PreconditionFailed, or 409 for a concurrent conditional write. SeaweedFS answers 412
+        # without AWS's Condition field, so s3fs raises OSError(EINVAL) there, not FileExistsError
+        except OSError as error:
             if _error_code(error) in {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}:
                 return False
             raise
         return True
 
     def clean_leftovers(self) -> int:
-        """Delete what killed runs left on local disk: temporary files and abandoned staging folders
-        (see `abandoned`: never those of a live run). Returns how many."""
+        """Delete what killed runs left: their leases and, on local disk, temporary files and staging
+        folders (see `abandoned`: never those of a live run). Returns how many."""
+        removed = self._remove_abandoned_leases()
         if not self.local:
-            return 0  # object stores write whole objects: nothing is left
-        removed = remove_abandoned(self.root, TEMPORARY_PREFIX) + remove_abandoned(
+            return removed  # object stores write whole objects: no partial file is left
+        removed += remove_abandoned(self.root, TEMPORARY_PREFIX) + remove_abandoned(
             self.path(".logs"), TEMPORARY_PREFIX
         )
         for folder in _subfolders(self.path(".staging")):
             removed += remove_abandoned(folder, "")
             with contextlib.suppress(OSError):  # still in use
                 os.rmdir(folder)
+        return removed
+
+    def _remove_abandoned_leases(self) -> int:
+        """Delete the leases whose holder is gone. A run killed between publishing a video and giving
+        its row back leaves a lease no later run takes over (they find the row complete). One listing;
+        a lease that cannot be read or deleted now is left to the next run."""
+        try:
+            paths = retried(self.fs.find, self.path(LEASES))
+        except Exception:  # noqa: BLE001 - housekeeping never stops a run
+            return 0
+        removed = 0
+        for path in paths:
+            name = f"{LEASES}/{path.rsplit('/', 1)[-1]}"
+            try:
+                holder = self._lease_holder(name)
+                if holder is None or not abandoned(holder, _mtime(self.fs.info(path))):
+                    continue
+                if self._lease_holder(name) == holder:  # still the one found gone, not a newer claim
+                    self.fs.rm_file(path)
+                    removed += 1
+            except Exception:  # noqa: BLE001 - released or taken meanwhile, or a storage error
+                continue
         return removed
 
     def write_folder(self, folder: str, files: dict[str, bytes], metadata: dict) -> None:

@@ -81,7 +81,7 @@ def open_batch(manifest, output, cache, limit, force, show_progress, output_form
         raise RunError(f"cannot write to output {output}: {error}") from None
     packed = output_format == "webdataset"
     videos = OutputStore(f"{cache_url}/rows") if packed else outputs
-    outputs.clean_leftovers()  # temporary files and staging folders of killed runs (local disk)
+    outputs.clean_leftovers()  # leases of killed runs; their temporary files and staging folders (local)
     if packed:
         videos.clean_leftovers()
     ArtifactStore(f"{cache_url}/artifacts").clean_leftovers()
