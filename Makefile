@@ -10,7 +10,7 @@ DEMO   := demo-output
 export HF_HUB_OFFLINE ?= 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup browser demo test lint bench constraints clean
+.PHONY: setup services demo test lint bench constraints clean
 
 setup: $(STAMP)
 
@@ -30,15 +30,18 @@ demo: setup
 	@echo "With real weights (GPU recommended):"
 	@echo "  $(BIN)/stillmotion run manifests/examples/manifest.parquet --output out/ --model CompVis/stable-diffusion-v1-4"
 
-test: setup browser
+test: setup services
 	$(BIN)/pytest -q
 
-# The report test opens report.html in a real headless browser: Debian's Chromium, installed if missing.
+# Debian packages the tests use, installed if missing: Chromium (report.html in a real headless browser)
+# and PostgreSQL 15's server (Prefect on PostgreSQL); both are part of this project's machine image.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-browser:
-	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium (for tests/test_report.py)"; \
-		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-		--no-install-recommends chromium >/dev/null; }
+DEBS := $(if $(shell command -v chromium),,chromium) \
+	$(if $(wildcard /usr/lib/postgresql/15/bin/initdb /usr/share/postgresql/15/extension/pg_trgm.control),,postgresql-15 postgresql-contrib)
+services:
+	@$(if $(strip $(DEBS)),echo "installing $(strip $(DEBS)) for the tests" && $(SUDO) apt-get update -qq \
+		&& $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		$(DEBS) >/dev/null,true)
 
 lint: setup
 	$(BIN)/ruff check .
