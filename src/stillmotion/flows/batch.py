@@ -4,7 +4,7 @@
 
 Rows stream from the manifest; a row whose video is complete is skipped by a lookup (no task,
 no model load); the others get a chain source -> caption -> invert -> keyframes -> frames ->
-encode and scores -> publish, with at most `in_flight` rows submitted at once. The rows that need
+publish (+ encode, scores), with at most `in_flight` rows submitted at once. The rows that need
 work are taken in spans of `chunk_rows` rows and each span runs in its own subflow: Prefect keeps every task
 run's state in its flow run until that flow run ends, so per-span subflows keep memory flat at any
 manifest size.
@@ -41,6 +41,7 @@ from ..tasks import (
     Job,
     caption_stage,
     encode_stage,
+    finish_stage,
     frames_stage,
     invert_stage,
     keyframes_stage,
@@ -65,6 +66,7 @@ def _stages(cache_url: str, force: bool) -> dict:
         "encode": encode_stage,
         "scores": scores_stage,
         "publish": publish_stage,
+        "finish": finish_stage,  # encode + scores + publish in one task run (what the flow submits)
     }
     return {
         name: stage.with_options(result_storage=storage, refresh_cache=force) for name, stage in tasks.items()
@@ -116,11 +118,9 @@ def submit_row(stages: dict, job: Job, runner=None) -> list[PrefectFuture]:
     with gpu_slot(runner):
         keyframes = stages["keyframes"].submit(job, inverted, caption)
         frames = stages["frames"].submit(job, keyframes)
-    encoded = stages["encode"].submit(job, frames)
     with gpu_slot(runner) if job.scorers else contextlib.nullcontext():
-        scores = stages["scores"].submit(job, frames, source)
-    published = stages["publish"].submit(job, source, caption, inverted, keyframes, frames, encoded, scores)
-    return [*futures, keyframes, frames, encoded, scores, published]
+        published = stages["finish"].submit(job, source, caption, inverted, keyframes, frames)
+    return [*futures, keyframes, frames, published]
 
 
 @dataclass
