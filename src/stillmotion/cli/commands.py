@@ -184,6 +184,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # dozens of times per run here (Prefect 3.9.1, runs unaffected), each on a terminal line
     os.environ.setdefault("PREFECT_INTERNAL_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the embedded server (started below, with this environment) stores no events: it records task runs
+    # from the event stream either way, and the stored events were 78 of the 108 KB of database each row
+    # added (benchmarks/RESULTS.md, 2026-12-03). A real server keeps its own settings (README)
+    os.environ.setdefault("PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED", "false")
     # the embedded server's first start on a fresh PREFECT_HOME (migrations) took 40 s on a busy
     # 2-core machine, past Prefect's default wait
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
