@@ -65,7 +65,9 @@ def write_manifest(folder: Path, rows: int, variant: str) -> Path:
 def measure(command: list[str], env: dict, output: Path, rows: int, quarters: bool) -> dict:
     """Run one command; poll its RSS and its children's; note the peak as each quarter of rows is done."""
     start = time.monotonic()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # its output goes to a file: a pipe read only at the end blocks a process that writes more than 64 KB
+    output_log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(command, env=env, stdout=output_log, stderr=subprocess.STDOUT, text=True)
     root = psutil.Process(proc.pid)
     peak_cli = peak_tree = cli_rss = 0
     by_quarter, by_child, last_count, forks_seen = {}, {}, 0.0, 0
@@ -92,7 +94,9 @@ def measure(command: list[str], env: dict, output: Path, rows: int, quarters: bo
                     by_quarter[q] = round(peak_tree / 2**20, 1)
         time.sleep(0.2)
     wall = time.monotonic() - start
-    log = proc.stdout.read()
+    output_log.seek(0)
+    log = output_log.read()
+    output_log.close()
     counts = SUMMARY.search(log)
     return {
         "wall_s": round(wall, 2),

@@ -175,8 +175,16 @@ def _flow_parameters(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in names.split()}
 
 
+def _set_gpu_slots(mode: str | None) -> None:
+    """--gpu-slots for this process and those it starts (a local Dask cluster, a served run). Imports
+    nothing: Prefect, once imported, keeps the logging settings it found (`run` sets them first)."""
+    if mode is not None:
+        os.environ["STILLMOTION_GPU_SLOTS"] = mode  # tasks/slots.py SLOTS_ENV
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _configure_storage(args.storage_options, args.manifest, args.output, args.cache)
+    _set_gpu_slots(args.gpu_slots)
     # row failures are reported in results.parquet and .logs/, not as tracebacks on the terminal;
     # set before a local Dask cluster starts, so its worker processes inherit it
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
@@ -363,6 +371,7 @@ def _stop_interrupted(args: argparse.Namespace, interrupts, stack: contextlib.Ex
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _configure_storage(args.storage_options, args.manifest, args.output, args.cache)
+    _set_gpu_slots(args.gpu_slots)
     _require_server("serve")
     from prefect.types.entrypoint import EntrypointType
 
@@ -374,6 +383,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         parameters=_flow_parameters(args),
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
+    return EXIT_OK
+
+
+def cmd_gpu_slots(args: argparse.Namespace) -> int:
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    _require_server("gpu-slots")
+    from ..models.loading import resolve_device
+    from ..tasks.slots import ensure_slot, slot_name
+
+    if args.device:
+        devices = [str(resolve_device(device)) for device in args.device]
+    else:
+        import torch
+
+        devices = [f"cuda:{index}" for index in range(torch.cuda.device_count())] + ["cpu"]
+    for device in devices:
+        name = slot_name(device)
+        print(f"{name}: {ensure_slot(name)} (limit 1)")
     return EXIT_OK
 
 

@@ -49,6 +49,7 @@ from ..tasks import (
     scores_stage,
     source_stage,
 )
+from ..tasks.runtime import check_gpu_slot
 from .tracking import SCORE_NAMES, RunError, RunTracker
 
 SPAN_REACH = 10  # a span of work closes at most this many x chunk_rows manifest rows past its first job
@@ -370,6 +371,7 @@ def batch_flow(
                 info, stages = inspect_model(model), _stages(cache_url, force)
                 if not _is_dask(FlowRunContext.get().flow.task_runner):
                     resolve_device(device)  # a missing GPU stops the run at once, as a missing model does
+                    check_gpu_slot(device)  # and so does a missing GPU slot, when slots are on
                 found = _scorers(info.path) if model_scores else {}
             job = _job(
                 row, info, outputs, cache_url, device, dtype, force, channels_last, compile_unet, batch_size
