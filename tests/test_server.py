@@ -302,3 +302,6 @@ def test_two_runs_share_one_gpu_slot_and_never_hold_it_at_once(server, manifest,
     holds.sort(key=lambda hold: hold["enter"])
     for held, following in zip(holds, holds[1:], strict=False):
         assert held["exit"] <= following["enter"], (held, following)
+    # the runs overlapped: the slot passed from one process to the other and back
+    switches = sum(a["pid"] != b["pid"] for a, b in zip(holds, holds[1:], strict=False))
+    assert switches >= 2, [hold["pid"] for hold in holds]
