@@ -1,11 +1,11 @@
-"""GPU slot names and modes (tasks/slots.py) without a server; tests/test_server.py runs them on one."""
+"""GPU slot names and modes (stillmotion/slots.py) without a server; tests/test_server.py runs them on one."""
 
 import json
 import socket
 
 import pytest
 
-from stillmotion.tasks import slots
+from stillmotion import slots
 
 
 def test_a_slot_names_the_machine_and_the_physical_device(monkeypatch):

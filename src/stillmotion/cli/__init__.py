@@ -38,8 +38,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from ..flows.tracking import RunError
     from ..manifests import ManifestError
     from ..models import DeviceNotAvailable, ImageError, ModelNotAvailable
+    from ..slots import GpuSlotMissing
     from ..storage import OutputError
-    from ..tasks.slots import GpuSlotMissing
     from ..video import EncodeError
     from .signals import ServerStartError
 

@@ -179,7 +179,7 @@ def _set_gpu_slots(mode: str | None) -> None:
     """--gpu-slots for this process and those it starts (a local Dask cluster, a served run). Imports
     nothing: Prefect, once imported, keeps the logging settings it found (`run` sets them first)."""
     if mode is not None:
-        os.environ["STILLMOTION_GPU_SLOTS"] = mode  # tasks/slots.py SLOTS_ENV
+        os.environ["STILLMOTION_GPU_SLOTS"] = mode  # stillmotion/slots.py SLOTS_ENV
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -390,7 +390,7 @@ def cmd_gpu_slots(args: argparse.Namespace) -> int:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     _require_server("gpu-slots")
     from ..models.loading import resolve_device
-    from ..tasks.slots import ensure_slot, slot_name
+    from ..slots import ensure_slot, slot_name
 
     if args.device:
         devices = [str(resolve_device(device)) for device in args.device]

@@ -2,7 +2,7 @@
 
 Model work is serialized per device (the CPU counts as one), so the attention processors a UNet
 carries are never shared between concurrent calls; I/O-bound stages run outside the lock. Across
-processes and machines, a device's GPU slot (a Prefect global concurrency limit, tasks/slots.py) does
+processes and machines, a device's GPU slot (a Prefect global concurrency limit, stillmotion/slots.py) does
 the same.
 """
 
@@ -28,7 +28,7 @@ from ..models import (
 from ..models.loading import LOCAL_REVISION_PREFIX, resolve_model
 from ..models.scoring import Scorers, load_scorers
 from ..requests import VideoRequest
-from .slots import check_slot, hold_slot
+from ..slots import check_slot, hold_slot
 
 _GUARD = threading.Lock()
 _DEVICE_LOCKS: dict[str, threading.RLock] = {}
@@ -113,7 +113,7 @@ def worker_label() -> str:
 @contextmanager
 def device_lock(device: str):
     """Hold the device for model work: one stage at a time per device in this process and, with GPU
-    slots (tasks/slots.py), in every process of every run that uses the same Prefect server."""
+    slots (stillmotion/slots.py), in every process of every run that uses the same Prefect server."""
     name = _device_name(device)
     with _GUARD:
         lock = _DEVICE_LOCKS.setdefault(name, threading.RLock())
@@ -122,7 +122,7 @@ def device_lock(device: str):
 
 
 def check_gpu_slot(device: str) -> None:
-    """Fail before any row when GPU slots are on and this device has none (tasks/slots.py)."""
+    """Fail before any row when GPU slots are on and this device has none (stillmotion/slots.py)."""
     check_slot(_device_name(device))
 
 
