@@ -65,7 +65,9 @@ def write_manifest(folder: Path, rows: int, variant: str) -> Path:
 def measure(command: list[str], env: dict, output: Path, rows: int, quarters: bool) -> dict:
     """Run one command; poll its RSS and its children's; note the peak as each quarter of rows is done."""
     start = time.monotonic()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # its output goes to a file: a pipe read only at the end blocks a process that writes more than 64 KB
+    output_log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(command, env=env, stdout=output_log, stderr=subprocess.STDOUT, text=True)
     root = psutil.Process(proc.pid)
     peak_cli = peak_tree = cli_rss = 0
     by_quarter, by_child, last_count, forks_seen = {}, {}, 0.0, 0
@@ -92,7 +94,9 @@ def measure(command: list[str], env: dict, output: Path, rows: int, quarters: bo
                     by_quarter[q] = round(peak_tree / 2**20, 1)
         time.sleep(0.2)
     wall = time.monotonic() - start
-    log = proc.stdout.read()
+    output_log.seek(0)
+    log = output_log.read()
+    output_log.close()
     counts = SUMMARY.search(log)
     return {
         "wall_s": round(wall, 2),
@@ -109,15 +113,39 @@ def measure(command: list[str], env: dict, output: Path, rows: int, quarters: bo
 
 
 def db_stats(home: Path) -> dict:
-    """Prefect's SQLite database: raw size (db + wal), size after a WAL checkpoint, and row counts."""
+    """Prefect's SQLite database: raw size (db + wal), size after a WAL checkpoint, row counts, and the
+    bytes each table takes with its indexes (SQLite's dbstat; free pages apart)."""
     db = home / "prefect.db"
     if not db.exists():
-        return {"raw_bytes": 0, "bytes": 0, "task_runs": 0, "events": 0}
+        return {"raw_bytes": 0, "bytes": 0, "task_runs": 0, "events": 0, "tables": {}}
     raw = sum(p.stat().st_size for p in (db, home / "prefect.db-wal") if p.exists())
     with sqlite3.connect(db) as con:
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("task_run", "events")}
-    return {"raw_bytes": raw, "bytes": db.stat().st_size, "task_runs": counts["task_run"], **counts}
+        tables = dict(
+            con.execute(
+                "SELECT coalesce(m.tbl_name, d.name), sum(d.pgsize) FROM dbstat d"
+                " LEFT JOIN sqlite_master m ON m.name = d.name GROUP BY 1"
+            ).fetchall()
+        )
+        page_size = con.execute("PRAGMA page_size").fetchone()[0]
+        tables["(free pages)"] = con.execute("PRAGMA freelist_count").fetchone()[0] * page_size
+    return {
+        "raw_bytes": raw,
+        "bytes": db.stat().st_size,
+        "task_runs": counts["task_run"],
+        **counts,
+        "tables": tables,
+    }
+
+
+def table_growth(before: dict, after: dict, rows: int) -> dict:
+    """KB per row that each table (with its indexes) grew by, largest first; those under 0.05 left out."""
+    growth = {
+        name: round((size - before["tables"].get(name, 0)) / 1024 / rows, 2)
+        for name, size in after["tables"].items()
+    }
+    return dict(sorted(((k, v) for k, v in growth.items() if abs(v) >= 0.05), key=lambda kv: -kv[1]))
 
 
 def task_timings(home: Path) -> dict:
@@ -185,6 +213,7 @@ def run_case(rows: int, variant: str, args: argparse.Namespace, model: Path, ear
     manifest, output, home = write_manifest(case, rows, variant), case / "out", case / "prefect-home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(home), "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+    env |= dict(item.split("=", 1) for item in args.env or [])  # e.g. a Prefect setting under test
     # a busy 2-core machine (or a run under `nice`) starts the embedded server slowly
     startup = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = startup
@@ -198,7 +227,8 @@ def run_case(rows: int, variant: str, args: argparse.Namespace, model: Path, ear
     def command(man: Path, out: Path) -> list[str]:
         return [*cli(), "run", str(man), "--output", str(out), *options]
 
-    shown = f"stillmotion run {case.name}/manifest.parquet --output {case.name}/out "
+    shown = "".join(f"{item} " for item in args.env or [])
+    shown += f"stillmotion run {case.name}/manifest.parquet --output {case.name}/out "
     shown += " ".join(options).replace(str(model), "tiny-model")
     result: dict = {"rows": rows, "variant": label, "command": shown}
     if not (home / "prefect.db").exists():  # warm-up: creates the database, so growth is per row
@@ -234,6 +264,7 @@ def run_case(rows: int, variant: str, args: argparse.Namespace, model: Path, ear
         run["db_kb_per_row"] = round((after["bytes"] - before["bytes"]) / 1024 / rows, 2)
         run["task_runs_added"] = after["task_runs"] - before["task_runs"]
         run["events_added"] = after["events"] - before["events"]
+        run["db_kb_per_row_by_table"] = table_growth(before, after, rows)
         run["rows_per_s"] = round(rows / run["wall_s"], 2)
         if name == "cold":
             run["compute_s"] = compute_seconds(output)
@@ -325,7 +356,7 @@ def report(info: dict, argv: list[str], results: list[dict]) -> str:
                 f"- {r['variant']} {r['rows']:,} cold: metadata timings, ms/row {per_row}; Prefect task runs "
                 f"{c['prefect']}; peak tree MB at 25/50/75/100 % of rows {c['peak_tree_mb_at_rows_pct']}; "
                 f"children's peak MB {c['peak_rss_children_mb']}; DB {c['db_before_bytes'] / 2**20:.1f} -> "
-                f"{c['db_after_bytes'] / 2**20:.1f} MB"
+                f"{c['db_after_bytes'] / 2**20:.1f} MB; DB KB/row by table {c['db_kb_per_row_by_table']}"
             )
         if "cold_skipped" in r:
             detail.append(f"- {r['variant']} {r['rows']:,}: {r['cold_skipped']}")
@@ -363,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     add("--workdir", type=Path, help="models, manifests and outputs go here (default: a temp dir)")
     add("--in-flight", type=int, help="pass --in-flight N to stillmotion run (default: its own)")
     add("--max-cold-minutes", type=float, default=25, help="skip longer cold runs, estimated (25)")
+    add("--env", action="append", metavar="NAME=VALUE", help="set in the runs' environment (repeatable)")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     args = parser.parse_args(argv)
     args.workdir = workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="stillmotion-orch-"))).resolve()

@@ -31,8 +31,10 @@ print("status", status, "heavy", ",".join(heavy) or "-")
         (["run", "--help"], 0),
         (["run"], 2),  # an argument error
         (["generate", "--keyframes", "0", "--prompt", "a dog", "--out", "x"], 2),
+        (["run", "m.parquet", "--output", "o", "--gpu-slots", "sometimes"], 2),
+        (["gpu-slots", "--device"], 2),
     ],
-    ids=["validate", "validate-missing", "help", "argument-error", "bad-option"],
+    ids=["validate", "validate-missing", "help", "argument-error", "bad-option", "bad-slots", "slots-usage"],
 )
 def test_light_commands_import_no_model_library_nor_prefect(args, status):
     probe = subprocess.run(

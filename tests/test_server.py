@@ -187,3 +187,69 @@ def test_prefect_yaml_deploys_and_a_process_worker_runs_it(server, manifest, tin
         stop(worker)
     results = pq.read_table(output / "results.parquet").to_pylist()
     assert [r["status"] for r in results] == ["ok"] * 4
+
+
+def test_two_runs_share_one_gpu_slot_and_never_hold_it_at_once(server, manifest, tiny_model_dir, tmp_path):
+    """Two `stillmotion run` processes on one machine and server, the CPU as their one "GPU": each model
+    stage holds the device's slot, and no two holds (from either process) overlap."""
+    import socket as sockets
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    name = f"stillmotion-gpu:{sockets.gethostname()}:cpu"
+    common = [manifest, "--model", str(tiny_model_dir), "--no-progress", "--device", "cpu"]
+    # 1. slots on and no limit yet: the run stops at once and says what to run
+    missing = subprocess.run(
+        [str(BIN / "stillmotion"), "run", *common, "--output", str(tmp_path / "none"), "--gpu-slots", "on"],
+        env=server,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert missing.returncode == 1, missing.stderr[-2000:]
+    assert f"no GPU slot '{name}'" in missing.stderr and "`stillmotion gpu-slots`" in missing.stderr
+    assert not list((tmp_path / "none").glob("*/metadata.json"))
+
+    # 2. the command makes the limit, and making it again changes nothing
+    assert f"{name}: created (limit 1)" in run_cli(["gpu-slots", "--device", "cpu"], server).stdout
+    assert f"{name}: unchanged (limit 1)" in run_cli(["gpu-slots"], server).stdout
+    with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}):
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(name)
+    assert (limit.limit, limit.active) == (1, True)
+
+    # 3. two runs at once, one with slots on, one on auto (the limit exists on this real server)
+    log = tmp_path / "holds.jsonl"
+    env = {**server, "STILLMOTION_SLOT_LOG": str(log), "OMP_NUM_THREADS": "1"}
+    runs = [
+        start(
+            [str(BIN / "stillmotion"), "run", *common, "--output", str(tmp_path / f"out{i}"), *mode],
+            env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, mode in enumerate([["--gpu-slots", "on"], []])
+    ]
+    try:
+        for run in runs:
+            assert run.wait(timeout=600) == 0, run.stderr.read()[-3000:]
+    finally:
+        for run in runs:
+            stop(run)
+    for i in range(2):
+        results = pq.read_table(tmp_path / f"out{i}" / "results.parquet").to_pylist()
+        assert [r["status"] for r in results] == ["ok"] * 4
+    holds = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {hold["slot"] for hold in holds} == {name}
+    by_process = {hold["pid"] for hold in holds}
+    assert by_process == {run.pid for run in runs}  # both processes' stages held it
+    # per run: one BLIP caption, 3 inversions, 4 key-frame and 4 frame stages (+ model scores, if any)
+    assert all(sum(hold["pid"] == pid for hold in holds) >= 12 for pid in by_process)
+    holds.sort(key=lambda hold: hold["enter"])
+    for held, following in zip(holds, holds[1:], strict=False):
+        assert held["exit"] <= following["enter"], (held, following)
+    # the runs overlapped: the slot passed from one process to the other and back
+    switches = sum(a["pid"] != b["pid"] for a, b in zip(holds, holds[1:], strict=False))
+    assert switches >= 2, [hold["pid"] for hold in holds]

@@ -1,4 +1,5 @@
-"""The `stillmotion` command: generate, run, serve, validate, make-tiny-model, train-toy (DESIGN section 3).
+"""The `stillmotion` command: generate, run, serve, gpu-slots, validate, make-tiny-model, train-toy (DESIGN
+section 3).
 
 Exit statuses: 0 success; 1 the command could not do its job; 2 usage error; `run` exits 3
 when it finished but some rows failed. Errors a user can fix print one line, no traceback.
@@ -12,6 +13,7 @@ import sys
 from .commands import (
     _quiet_libraries,
     cmd_generate,
+    cmd_gpu_slots,
     cmd_make_tiny_model,
     cmd_run,
     cmd_serve,
@@ -24,6 +26,7 @@ COMMANDS = {
     "generate": cmd_generate,
     "run": cmd_run,
     "serve": cmd_serve,
+    "gpu-slots": cmd_gpu_slots,
     "validate": cmd_validate,
     "make-tiny-model": cmd_make_tiny_model,
     "train-toy": cmd_train_toy,
@@ -35,6 +38,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from ..flows.tracking import RunError
     from ..manifests import ManifestError
     from ..models import DeviceNotAvailable, ImageError, ModelNotAvailable
+    from ..slots import GpuSlotMissing
     from ..storage import OutputError
     from ..video import EncodeError
     from .signals import ServerStartError
@@ -47,6 +51,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         EncodeError,
         ManifestError,
         RunError,
+        GpuSlotMissing,
         ServerStartError,
         FileNotFoundError,
         PermissionError,
@@ -57,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        # validate reads manifests and images: no model library; run, only once some row needs work
-        if args.command not in ("validate", "run"):
+        # validate and gpu-slots load no model; run only once some row needs work
+        if args.command not in ("validate", "gpu-slots", "run"):
             _quiet_libraries()  # imports torch and the model libraries: seconds in which Ctrl-C may come
         return COMMANDS[args.command](args)
     except UsageError as error:

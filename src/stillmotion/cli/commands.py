@@ -175,8 +175,16 @@ def _flow_parameters(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in names.split()}
 
 
+def _set_gpu_slots(mode: str | None) -> None:
+    """--gpu-slots for this process and those it starts (a local Dask cluster, a served run). Imports
+    nothing: Prefect, once imported, keeps the logging settings it found (`run` sets them first)."""
+    if mode is not None:
+        os.environ["STILLMOTION_GPU_SLOTS"] = mode  # stillmotion/slots.py SLOTS_ENV
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _configure_storage(args.storage_options, args.manifest, args.output, args.cache)
+    _set_gpu_slots(args.gpu_slots)
     # row failures are reported in results.parquet and .logs/, not as tracebacks on the terminal;
     # set before a local Dask cluster starts, so its worker processes inherit it
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
@@ -184,6 +192,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # dozens of times per run here (Prefect 3.9.1, runs unaffected), each on a terminal line
     os.environ.setdefault("PREFECT_INTERNAL_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the embedded server (started below, with this environment) stores no events: it records task runs
+    # from the event stream either way, and the stored events were 78 of the 108 KB of database each row
+    # added (benchmarks/RESULTS.md, 2026-12-03). A real server keeps its own settings (README)
+    os.environ.setdefault("PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED", "false")
     # the embedded server's first start on a fresh PREFECT_HOME (migrations) took 40 s on a busy
     # 2-core machine, past Prefect's default wait
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -383,6 +395,7 @@ def _stop_interrupted(args: argparse.Namespace, interrupts, stack: contextlib.Ex
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _configure_storage(args.storage_options, args.manifest, args.output, args.cache)
+    _set_gpu_slots(args.gpu_slots)
     _require_server("serve")
     from prefect.types.entrypoint import EntrypointType
 
@@ -394,6 +407,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         parameters=_flow_parameters(args),
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
+    return EXIT_OK
+
+
+def cmd_gpu_slots(args: argparse.Namespace) -> int:
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    _require_server("gpu-slots")
+    from ..models.loading import resolve_device
+    from ..slots import ensure_slot, slot_name
+
+    if args.device:
+        devices = [str(resolve_device(device)) for device in args.device]
+    else:
+        import torch
+
+        devices = [f"cuda:{index}" for index in range(torch.cuda.device_count())] + ["cpu"]
+    for device in devices:
+        name = slot_name(device)
+        print(f"{name}: {ensure_slot(name)} (limit 1)")
     return EXIT_OK
 
 

@@ -54,6 +54,17 @@ def _add_flow_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_gpu_slots_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gpu-slots",
+        choices=["auto", "on", "off"],
+        default=None,
+        help="one model stage per device across every run on the Prefect server, through the limits that "
+        "`stillmotion gpu-slots` makes. auto: when this device's limit exists on a real server; on: "
+        "always (a missing limit is an error); off: never (default: $STILLMOTION_GPU_SLOTS, else auto)",
+    )
+
+
 def _positive(name: str, minimum: int = 1):
     def parse(text: str) -> int:
         try:
@@ -231,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         "flow parameters, logs and results",
     )
     _add_flow_options(run)
+    _add_gpu_slots_option(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _add_model_options(run)
 
@@ -248,7 +260,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--name", default="stillmotion-nightly", help="deployment name (stillmotion-nightly)")
     serve.add_argument("--storage-options", metavar="JSON", help="fsspec options for the URLs (JSON)")
     _add_flow_options(serve)
+    _add_gpu_slots_option(serve)
     _add_model_options(serve)
+
+    slots = commands.add_parser(
+        "gpu-slots",
+        help="make this machine's GPU slots on the Prefect server (once per machine)",
+        description="Create on the Prefect server at $PREFECT_API_URL one global concurrency limit of 1 per "
+        "device of this machine (each CUDA device, and the CPU, which counts as one device), named "
+        "stillmotion-gpu:HOST:DEVICE, or set an existing one back to 1 and active. Runs and deployments "
+        "using that server then never run two model stages on one device at once (see --gpu-slots). "
+        "Safe to run again.",
+    )
+    slots.add_argument(
+        "--device",
+        action="append",
+        metavar="DEVICE",
+        help="only this device (cpu, cuda:N, mps; repeatable); default: every CUDA device and the CPU",
+    )
 
     validate = commands.add_parser(
         "validate",

@@ -4,7 +4,7 @@
 
 Rows stream from the manifest; a row whose video is complete is skipped by a lookup (no task,
 no model load); the others get a chain source -> caption -> invert -> keyframes -> frames ->
-encode and scores -> publish, with at most `in_flight` rows submitted at once. The rows that need
+publish (+ encode, scores), with at most `in_flight` rows submitted at once. The rows that need
 work are taken in spans of `chunk_rows` rows and each span runs in its own subflow: Prefect keeps every task
 run's state in its flow run until that flow run ends, so per-span subflows keep memory flat at any
 manifest size.
@@ -39,6 +39,7 @@ from ..tasks import (
     Job,
     caption_stage,
     encode_stage,
+    finish_stage,
     frames_stage,
     invert_stage,
     keyframes_stage,
@@ -46,6 +47,7 @@ from ..tasks import (
     scores_stage,
     source_stage,
 )
+from ..tasks.runtime import check_gpu_slot
 from .resume import describe_complete, open_batch
 from .tracking import RunError, RunTracker
 
@@ -64,6 +66,7 @@ def _stages(cache_url: str, force: bool) -> dict:
         "encode": encode_stage,
         "scores": scores_stage,
         "publish": publish_stage,
+        "finish": finish_stage,  # encode + scores + publish in one task run (what the flow submits)
     }
     return {
         name: stage.with_options(result_storage=storage, refresh_cache=force) for name, stage in tasks.items()
@@ -115,11 +118,9 @@ def submit_row(stages: dict, job: Job, runner=None) -> list[PrefectFuture]:
     with gpu_slot(runner):
         keyframes = stages["keyframes"].submit(job, inverted, caption)
         frames = stages["frames"].submit(job, keyframes)
-    encoded = stages["encode"].submit(job, frames)
     with gpu_slot(runner) if job.scorers else contextlib.nullcontext():
-        scores = stages["scores"].submit(job, frames, source)
-    published = stages["publish"].submit(job, source, caption, inverted, keyframes, frames, encoded, scores)
-    return [*futures, keyframes, frames, encoded, scores, published]
+        published = stages["finish"].submit(job, source, caption, inverted, keyframes, frames)
+    return [*futures, keyframes, frames, published]
 
 
 @dataclass
@@ -344,6 +345,7 @@ def batch_flow(
                 info, stages = inspect_model(model), _stages(cache_url, force)
                 if not _is_dask(FlowRunContext.get().flow.task_runner):
                     resolve_device(device)  # a missing GPU stops the run at once, as a missing model does
+                    check_gpu_slot(device)  # and so does a missing GPU slot, when slots are on
                 found = _scorers(info.path) if model_scores else {}
             job = _job(
                 row, info, videos, cache_url, device, dtype, force, channels_last, compile_unet, batch_size

@@ -1,5 +1,6 @@
 """Thin Prefect tasks over models/, one per stage of a video, cached by content keys."""
 
+from .finish import finish_stage
 from .publish import publish_stage
 from .runtime import COMPUTED, Job
 from .stages import (
@@ -17,6 +18,7 @@ __all__ = [
     "Job",
     "caption_stage",
     "encode_stage",
+    "finish_stage",
     "frames_stage",
     "invert_stage",
     "keyframes_stage",

@@ -1,7 +1,9 @@
 """Per-process state of the workers: one loaded model per device, one lock per device.
 
 Model work is serialized per device (the CPU counts as one), so the attention processors a UNet
-carries are never shared between concurrent calls; I/O-bound stages run outside the lock.
+carries are never shared between concurrent calls; I/O-bound stages run outside the lock. Across
+processes and machines, a device's GPU slot (a Prefect global concurrency limit, stillmotion/slots.py) does
+the same.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..models import (
 from ..models.loading import LOCAL_REVISION_PREFIX, resolve_model
 from ..models.scoring import Scorers, load_scorers
 from ..requests import VideoRequest
+from ..slots import check_slot, hold_slot
 
 _GUARD = threading.Lock()
 _DEVICE_LOCKS: dict[str, threading.RLock] = {}
@@ -109,12 +112,18 @@ def worker_label() -> str:
 
 @contextmanager
 def device_lock(device: str):
-    """Hold the device for model work: one stage at a time per device in this process."""
+    """Hold the device for model work: one stage at a time per device in this process and, with GPU
+    slots (stillmotion/slots.py), in every process of every run that uses the same Prefect server."""
     name = _device_name(device)
     with _GUARD:
         lock = _DEVICE_LOCKS.setdefault(name, threading.RLock())
-    with lock:
+    with lock, hold_slot(name):  # the process's lock first: one thread per device waits on the server
         yield
+
+
+def check_gpu_slot(device: str) -> None:
+    """Fail before any row when GPU slots are on and this device has none (stillmotion/slots.py)."""
+    check_slot(_device_name(device))
 
 
 def stable_diffusion(job: Job) -> StableDiffusion:
