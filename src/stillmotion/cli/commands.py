@@ -211,9 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 from ..flows.resume import finish_if_complete
 
                 with _storage_failures():
-                    summary = finish_if_complete(
-                        **_flow_parameters(args), limit=args.limit, show_progress=not args.no_progress
-                    )
+                    summary = finish_if_complete(**_flow_parameters(args), limit=args.limit)  # seconds: no bar
                 if summary is not None:
                     return _summarise(args, summary)
             _quiet_libraries()
