@@ -37,17 +37,27 @@ def relative(judged: list[dict], share: float) -> int:
     """Complete = margin >= share x the largest margin (when that is > 0); then the best structure."""
     top = max(j["margin"] for j in judged)
     if top <= 0:
-        return best(judged)
+        return largest_margin(judged)
     complete = [i for i, j in enumerate(judged) if j["margin"] >= share * top]
     return max(complete, key=lambda i: (judged[i]["structure"], -i))
 
 
+def largest_margin(judged: list[dict]) -> int:
+    return max(range(len(judged)), key=lambda i: (judged[i]["margin"], -i))
+
+
+def positive_margin(judged: list[dict]) -> int:
+    """The first rule: complete = margin > 0; then the best structure."""
+    complete = [i for i, j in enumerate(judged) if j["margin"] > 0]
+    return max(complete, key=lambda i: (judged[i]["structure"], -i)) if complete else largest_margin(judged)
+
+
 RULES = {
     "first (N=1)": lambda judged: 0,
-    "margin > 0, then structure (today)": best,
-    "largest margin": lambda judged: max(range(len(judged)), key=lambda i: (judged[i]["margin"], -i)),
-    "margin >= 0.5 x largest, then structure": lambda judged: relative(judged, 0.5),
+    "margin > 0, then structure (before)": positive_margin,
+    "margin >= 0.5 x largest, then structure (candidates.best)": best,
     "margin >= 0.8 x largest, then structure": lambda judged: relative(judged, 0.8),
+    "largest margin": largest_margin,
 }
 
 
