@@ -33,13 +33,14 @@ def test_what_varies_candidate_zero_being_the_videos_own():
         MethodParams(candidates=0)
 
 
-def test_the_choice_is_the_complete_edit_with_the_best_structure():
+def test_the_choice_is_the_best_structure_among_edits_gone_at_least_half_as_far_as_the_farthest():
     judged = [
         {"margin": -0.1, "structure": 0.9},  # the edit did not complete: best structure, not chosen
+        {"margin": 0.004, "structure": 0.8},  # begun, but under half the farthest edit's margin
         {"margin": 0.02, "structure": 0.5},
-        {"margin": 0.01, "structure": 0.7},
+        {"margin": 0.011, "structure": 0.7},  # over half of it: complete, and the best structure
     ]
-    assert best(judged) == 2
+    assert best(judged) == 3
     assert best([{"margin": -0.3, "structure": 0.9}, {"margin": -0.1, "structure": 0.2}]) == 1
     assert best([{"margin": 0.1, "structure": 0.5}] * 3) == 0  # ties: the video's own parameters
 

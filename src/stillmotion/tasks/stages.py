@@ -28,7 +28,7 @@ from ..models import (
     invert_source,
     render_frames,
 )
-from ..models.candidates import render_candidates
+from ..models.candidates import SELECTION_VERSION, render_candidates
 from ..models.loading import captioner_identity
 from ..models.method import Rendered
 from ..models.scoring import frame_prompts, video_scores
@@ -303,7 +303,8 @@ def keyframes_key(job: Job, inverted: dict | None, caption: dict) -> str:
         cfg_scale=p.cfg,
         xa_guidance=p.guidance_for(request.synthetic),
         cross_frame=p.cross,
-        **({"candidates": p.candidates} if p.candidates > 1 else {}),  # one: the keys of before
+        # one candidate: the keys of before; more: the count and how the best is chosen
+        **({"candidates": p.candidates, "selection": SELECTION_VERSION} if p.candidates > 1 else {}),
         **p.keyframe_options(),  # only those off their defaults: a default run keeps its old key
         **model_key(job),
     )
