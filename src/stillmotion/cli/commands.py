@@ -211,7 +211,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 from ..flows.resume import finish_if_complete
 
                 with _storage_failures():
-                    summary = finish_if_complete(**_flow_parameters(args), limit=args.limit)  # seconds: no bar
+                    # seconds at most, so no progress bar; a run that goes on shows its own
+                    summary = finish_if_complete(**_flow_parameters(args), limit=args.limit)
                 if summary is not None:
                     return _summarise(args, summary)
             _quiet_libraries()
