@@ -293,7 +293,10 @@ def test_killed_run_resumes_and_a_rerun_rewrites_nothing(
     assert [(r["status"], r["cached"]) for r in results_of(fs, "out")] == [("ok", True)] * ROWS
     again = {**stamps(fs, "out"), **stamps(fs, "cache")}
     changed = {path for path in whole.keys() | again.keys() if whole.get(path) != again.get(path)}
-    assert changed == {f"{BUCKET}/out/results.parquet", f"{BUCKET}/out/.stillmotion-run"}
+    # what every run rewrites: its results, its report, its stamp
+    assert changed == {
+        f"{BUCKET}/out/{name}" for name in ("results.parquet", "report.html", ".stillmotion-run")
+    }
 
     # no temporary, staging or lease object is left anywhere, and the secret is in nothing written
     assert leftovers(fs, kinds=(TEMPORARY_PREFIX, ".staging", "/.leases/")) == []

@@ -220,7 +220,7 @@ def s3():
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     fs = s3fs.S3FileSystem(endpoint_url=endpoint, key=KEY, secret=SECRET)
-    fs.mkdir("bucket")
+    fs.mkdir("wds-bucket")  # moto keeps one store per process: a bucket of its own
     yield fs, endpoint
     server.stop()
     fsspec.config.conf.pop("s3", None)
@@ -230,7 +230,7 @@ def objects(fs) -> dict:
     """{name: last modified} of the objects at the output's top level."""
     return {
         e["name"].rsplit("/", 1)[-1]: e["LastModified"]
-        for e in fs.ls("bucket/out", detail=True)
+        for e in fs.ls("wds-bucket/out", detail=True)
         if e["type"] == "file"
     }
 
@@ -239,10 +239,10 @@ def test_shards_on_s3_are_read_by_webdataset_and_a_rerun_rewrites_nothing(s3, ti
     fs, endpoint = s3
     ids = ["a", "b.2", "d"]
     for n, video_id in enumerate(ids):
-        fs.pipe_file(f"bucket/in/images/{video_id}.png", png(n))
-    fs.pipe_file("bucket/in/manifest.parquet", manifest_bytes(ids))
+        fs.pipe_file(f"wds-bucket/in/images/{video_id}.png", png(n))
+    fs.pipe_file("wds-bucket/in/manifest.parquet", manifest_bytes(ids))
     options = json.dumps({"endpoint_url": endpoint, "key": KEY, "secret": SECRET})
-    args = run_args("s3://bucket/in/manifest.parquet", "s3://bucket/out", tiny_model_dir)
+    args = run_args("s3://wds-bucket/in/manifest.parquet", "s3://wds-bucket/out", tiny_model_dir)
     args += ["--storage-options", options]
     assert main(args) == 0
     listed = objects(fs)
@@ -251,7 +251,7 @@ def test_shards_on_s3_are_read_by_webdataset_and_a_rerun_rewrites_nothing(s3, ti
 
     # webdataset opens s3:// URLs through a handler of its own; here, fsspec's
     monkeypatch.setitem(wds.gopen_schemes, "s3", lambda url, mode="rb", bufsize=8192: fs.open(url, mode))
-    check_samples(samples(["s3://bucket/out/00000.tar", "s3://bucket/out/00001.tar"]), ids)
+    check_samples(samples(["s3://wds-bucket/out/00000.tar", "s3://wds-bucket/out/00001.tar"]), ids)
 
     time.sleep(1.1)  # S3 times objects to the second: a rewrite would show
     assert main(args) == 0

@@ -23,7 +23,6 @@ import socket
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import fsspec
@@ -220,7 +219,12 @@ class Store:
     def write_bytes(self, relative: str, data: bytes) -> None:
         """Write atomically: a reader sees the old file or the whole new one, never a part."""
         if self.local:
-            self._replace_local(relative, lambda temporary: Path(temporary).write_bytes(data))
+
+            def write(temporary: str) -> None:
+                with open(temporary, "wb") as handle:
+                    handle.write(data)
+
+            self._replace_local(relative, write)
         else:  # an object store's PUT is atomic already
             self.fs.makedirs(self.path(relative).rsplit("/", 1)[0], exist_ok=True)
             self.fs.pipe_file(self.path(relative), data)
