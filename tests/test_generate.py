@@ -103,6 +103,20 @@ def test_synthetic_mode_makes_a_video(tiny_model_dir, tmp_path):
     assert metadata["xa_guidance_used"] == 0.15 and metadata["fit"] is None
 
 
+def test_the_edit_options_reach_the_video_and_its_metadata(tiny_model_dir, image_path, tmp_path):
+    out = tmp_path / "edited"
+    options = ["--direction", "sentences", "--direction-template", "a photo of a {}", "--xa-until", "0.5"]
+    options += ["--xa-schedule", "linear", "--inbetween", "latent", "--negative", "empty"]
+    options += ["--negative-until", "0.5", "--caption", "a photo of a cat", "--prompt", "a photo of a dog"]
+    assert generate(tiny_model_dir, out, "--image", str(image_path), *options) == 0
+    metadata = json.loads((out / "metadata.json").read_text())
+    params, given = metadata["params"], metadata["params_from"]
+    assert (params["direction"], params["direction_templates"]) == ("sentences", ["a photo of a {}"])
+    assert (params["xa_until"], params["xa_schedule"], params["inbetween"]) == (0.5, "linear", "latent")
+    assert (params["negative"], params["negative_until"]) == ("empty", 0.5)
+    assert given["direction"] == given["negative"] == "given"
+
+
 @pytest.mark.parametrize("kind", ["missing", "empty", "corrupt", "directory"])
 def test_bad_image_is_one_line_error(tiny_model_dir, tmp_path, capsys, kind):
     path = tmp_path / "bad.png"
@@ -148,6 +162,9 @@ def test_missing_model_offline_is_one_line_error(image_path, tmp_path, capsys):
         ["--image", "x.png", "--prompt", "z", "--fps", "500"],
         ["--image", "x.png", "--prompt", " "],
         ["--image", "x.png", "--prompt", "z", "--xa-guidance", "nan"],
+        ["--image", "x.png", "--prompt", "z", "--xa-until", "0"],
+        ["--image", "x.png", "--prompt", "z", "--direction-template", "no placeholder"],
+        ["--image", "x.png", "--prompt", "z", "--negative", "none"],
     ],
 )
 def test_usage_errors_exit_2(tmp_path, capsys, args):

@@ -94,6 +94,13 @@ BAD_ROWS = {
     "inf xa_guidance": ({"xa_guidance": math.inf}, "xa_guidance", "finite and >= 0"),
     "bad curve": ({"curve": "cubic"}, "curve", "'log' or 'linear'"),
     "negative seed": ({"seed": -1}, "seed", "seed must be"),
+    "bad direction": ({"direction": "sideways"}, "direction", "'prompt' or 'sentences'"),
+    "template without {}": ({"direction_templates": ["a photo"]}, "direction_templates", "one '{}'"),
+    "xa_until 0": ({"xa_until": 0.0}, "xa_until", "(0, 1]"),
+    "bad xa_schedule": ({"xa_schedule": "cosine"}, "xa_schedule", "'constant' or 'linear'"),
+    "bad inbetween": ({"inbetween": "pixels"}, "inbetween", "'embedding' or 'latent'"),
+    "bad negative": ({"negative": "none"}, "negative", "'caption' or 'empty'"),
+    "negative_until 2": ({"negative_until": 2.0}, "negative_until", "(0, 1]"),
 }
 
 
@@ -356,3 +363,26 @@ def test_unreadable_manifest_is_a_manifest_error(tmp_path, memory_root):
     assert str(text) in str(raised.value) and "\n" not in str(raised.value)
     with pytest.raises(ManifestError, match="not-there.parquet"):
         print_validation(f"{memory_root}/not-there.parquet", out=io.StringIO())
+
+
+def test_the_edit_options_are_columns_and_a_missing_one_is_the_models(memory_root):
+    edited = {
+        **GOOD,
+        "direction": "sentences",
+        "direction_templates": ["a photo of a {}", "a {} in the grass"],
+        "xa_until": 0.5,
+        "xa_schedule": "linear",
+        "inbetween": "latent",
+        "negative": "empty",
+        "negative_until": 0.25,
+    }
+    rows = read_rows(write_manifest(f"{memory_root}/m.parquet", [edited, {**GOOD_2, "direction": None}]))
+    params = rows[0].request.params
+    assert (params.direction, params.direction_templates) == (
+        "sentences",
+        ("a photo of a {}", "a {} in the grass"),
+    )
+    assert (params.xa_until, params.xa_schedule, params.inbetween) == (0.5, "linear", "latent")
+    assert (params.negative, params.negative_until) == ("empty", 0.25)
+    default = rows[1].request.params  # None: filled in from the model's defaults when the run resolves it
+    assert (default.direction, default.direction_templates, default.xa_until, default.negative) == (None,) * 4

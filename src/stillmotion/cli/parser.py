@@ -78,6 +78,19 @@ def _positive(name: str, minimum: int = 1):
     return parse
 
 
+def _fraction(name: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not 0 < value <= 1:
+            raise argparse.ArgumentTypeError(f"{name} must be in (0, 1], got {text}")
+        return value
+
+    return parse
+
+
 def _positive_float(text: str) -> float:
     value = _non_negative_float(text)
     if value == 0:
@@ -182,6 +195,52 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["off", "replace", "extend"],
         help="key frames' self-attention attends to the source frame's keys and values instead of "
         "(replace) or as well as (extend) their own (default: the model's, else off)",
+    )
+    edit = gen.add_argument_group(
+        "edit options",
+        "default: the model's stillmotion.json, else Stable Diffusion's (pix2pix-zero's) values",
+    )
+    edit.add_argument(
+        "--direction",
+        choices=["prompt", "sentences"],
+        help="edit direction: E(prompt) - E(caption) (prompt), or pix2pix-zero's mean over sentences with "
+        "the changed word (sentences; see --direction-template)",
+    )
+    edit.add_argument(
+        "--direction-template",
+        dest="direction_templates",
+        action="append",
+        metavar="TEXT",
+        help="a sentence with one {} where the changed word goes, for --direction sentences (repeatable; "
+        "default: the model's, else 12 generic photo sentences)",
+    )
+    edit.add_argument(
+        "--xa-until",
+        type=_fraction("--xa-until"),
+        metavar="F",
+        help="cross-attention guidance on for this fraction of the steps, (0, 1] (1: every step)",
+    )
+    edit.add_argument(
+        "--xa-schedule",
+        choices=["constant", "linear"],
+        help="the guidance step over those steps: constant, or decaying linearly to 0",
+    )
+    edit.add_argument(
+        "--inbetween",
+        choices=["embedding", "latent"],
+        help="key frames between a segment's ends: denoised from edited embeddings (embedding), or "
+        "interpolated in latent space towards the denoised last one (latent)",
+    )
+    edit.add_argument(
+        "--negative",
+        choices=["caption", "empty"],
+        help="real mode's CFG negative for the key frames: the caption (pix2pix-zero) or the empty prompt",
+    )
+    edit.add_argument(
+        "--negative-until",
+        type=_fraction("--negative-until"),
+        metavar="F",
+        help="the empty negative for this fraction of the steps, the caption after, (0, 1]",
     )
     gen.add_argument(
         "--xa-guidance",

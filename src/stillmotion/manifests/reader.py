@@ -30,6 +30,7 @@ from .schema import (
     MANIFEST_COLUMNS,
     RESERVED_IDS,
     VIDEO_ID_PATTERN,
+    WORD_COLUMNS,
     ManifestError,
     ManifestRow,
     RowError,
@@ -233,9 +234,9 @@ def _params(video_id: str, values: dict) -> MethodParams:
         seed = default_seed(video_id)
     elif not 0 <= seed < _MAX_SEED:
         raise _RowFailure("seed", f"seed must be in 0..2**63-1, got {seed}")
-    words = {
-        name: values[name] for name in ("curve", "cross_frame", "insertion") if values.get(name) is not None
-    }
+    words = {name: values[name] for name in WORD_COLUMNS if values.get(name) is not None}
+    if values.get("direction_templates"):
+        words["direction_templates"] = tuple(values["direction_templates"])
     try:
         return MethodParams(seed=seed, **numbers, **words)
     except ValueError as error:

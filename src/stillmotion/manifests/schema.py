@@ -36,12 +36,22 @@ MANIFEST_COLUMNS: dict[str, pa.DataType] = {
     "insertion": pa.string(),  # spline | adaptive | motion
     "candidates": pa.int64(),  # best of N key-frame sets (1)
     "batch_size": pa.int64(),  # key frames per UNet batch: memory, never the numbers (capped by --batch-size)
+    # the edit options (models/params.py; default: the model's stillmotion.json, else Stable Diffusion's)
+    "direction": pa.string(),  # prompt | sentences
+    "direction_templates": pa.list_(pa.string()),  # sentences with one "{}" for the changed word
+    "xa_until": pa.float64(),  # guidance on for this fraction of the steps, (0, 1]
+    "xa_schedule": pa.string(),  # constant | linear
+    "inbetween": pa.string(),  # embedding | latent
+    "negative": pa.string(),  # caption | empty
+    "negative_until": pa.float64(),  # "empty" negative for this fraction of the steps, (0, 1]
 }
 MANIFEST_SCHEMA = pa.schema([pa.field(name, kind) for name, kind in MANIFEST_COLUMNS.items()])
 REQUIRED_COLUMNS = ("video_id", "prompts")
 SOURCE_COLUMNS = ("image", "source_prompt")  # a manifest needs at least one; a row exactly one
 INT_COLUMNS = ("keyframes", "frames", "fps", "seed", "steps", "batch_size", "candidates")
-FLOAT_COLUMNS = ("xa_guidance", "cfg_scale")
+FLOAT_COLUMNS = ("xa_guidance", "cfg_scale", "xa_until", "negative_until")
+LIST_COLUMNS = ("prompts", "direction_templates")  # lists of strings
+WORD_COLUMNS = ("curve", "cross_frame", "insertion", "direction", "xa_schedule", "inbetween", "negative")
 
 
 class ManifestError(ValueError):
@@ -110,7 +120,7 @@ def column_type_error(name: str, kind: pa.DataType) -> str | None:
         if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
             return None
         expected = "an integer" if name in INT_COLUMNS else "a number"
-    elif name == "prompts":
+    elif name in LIST_COLUMNS:
         is_list = (
             pa.types.is_list(kind)
             or pa.types.is_large_list(kind)
