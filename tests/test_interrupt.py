@@ -143,7 +143,7 @@ def test_signal_stops_run_at_once_then_rerun_resumes(tiny_model_dir, tmp_path, p
 # `stillmotion run`, paused (SIGSTOP, by itself) halfway through publishing: one file of the video in
 # its staging folder, the rest not yet written
 PAUSED_MID_PUBLISH = """
-import os, signal, sys
+import os, signal, sys, threading
 from stillmotion import storage
 from stillmotion.cli import main
 
@@ -153,7 +153,9 @@ def paused(self, folder, files, metadata):
     if folder.startswith(".staging/"):
         first = next(iter(files))
         self.write_bytes(f"{folder}/{first}", files[first])
-        os.kill(os.getpid(), signal.SIGSTOP)
+        # to this thread: a stop sent to the process may be taken by another thread, and this one
+        # would go on writing until the group stop reaches it
+        signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
     write_folder(self, folder, files, metadata)
 
 storage.OutputStore.write_folder = paused
@@ -191,7 +193,8 @@ def test_a_second_run_leaves_a_paused_runs_staging_alone_and_splits_the_work(
             assert time.monotonic() < deadline, "the first run never reached its publish"
             time.sleep(0.05)
         (staging,) = (output / ".staging" / "v0").iterdir()
-        assert len(list(staging.iterdir())) == 1  # halfway: one file of the video in place
+        names = [path.name for path in staging.iterdir()]
+        assert names == ["video.mp4"], names  # halfway: one file of the video in place
         second = run([*args, "--limit", "2"], env)
         deadline = time.monotonic() + 240
         while not (output / "v1" / "metadata.json").exists():
