@@ -85,3 +85,25 @@ def prefect_server(home: Path, timeout: float = 120, **settings: str) -> Iterato
         yield {**env, "PREFECT_API_URL": url, "PREFECT_LOGGING_LEVEL": "WARNING"}
     finally:
         stop(process)
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str, key: str, secret: str) -> Iterator[tuple]:
+    """moto's S3 server in this process on a free port of 127.0.0.1, with `bucket` made; yields
+    (an s3fs filesystem on it, its endpoint URL). moto keeps one store per process, so each module
+    takes a bucket of its own. The s3 options the runs set process-wide are dropped afterwards."""
+    import fsspec.config
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    try:
+        fs = s3fs.S3FileSystem(endpoint_url=endpoint, key=key, secret=secret)
+        fs.mkdir(bucket)
+        yield fs, endpoint
+    finally:
+        server.stop()
+        fsspec.config.conf.pop("s3", None)

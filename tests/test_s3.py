@@ -3,17 +3,15 @@
 import io
 import json
 
-import fsspec.config
 import numpy as np
 import PIL.Image
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import s3fs
-from moto.server import ThreadedMotoServer
 from prefect.settings import get_current_settings
 from prefect.testing.utilities import prefect_test_harness
 
+from services import moto_s3
 from stillmotion.cli import main
 from stillmotion.tasks import COMPUTED
 
@@ -22,16 +20,8 @@ KEY, SECRET = "AKIASTILLMOTION0TEST", "stillmotion-secret-7f3a9c"
 
 @pytest.fixture(scope="module")
 def s3():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    fs = s3fs.S3FileSystem(endpoint_url=endpoint, key=KEY, secret=SECRET)
-    fs.mkdir("bucket")
-    with prefect_test_harness(server_startup_timeout=120):
-        yield fs, endpoint
-    server.stop()
-    fsspec.config.conf.pop("s3", None)
+    with moto_s3("bucket", KEY, SECRET) as served, prefect_test_harness(server_startup_timeout=120):
+        yield served
 
 
 def test_flow_on_s3_resumes_and_leaks_no_secret(s3, tiny_model_dir, capsys):

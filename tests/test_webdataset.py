@@ -12,18 +12,16 @@ import sys
 import tarfile
 import time
 
-import fsspec.config
 import numpy as np
 import PIL.Image
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import s3fs
 import torch.utils.data
 import webdataset as wds
-from moto.server import ThreadedMotoServer
 from prefect.testing.utilities import prefect_test_harness
 
+from services import moto_s3
 from stillmotion.cli import main
 from stillmotion.tasks import COMPUTED
 
@@ -215,15 +213,8 @@ def test_a_kill_while_packing_leaves_no_partial_shard_and_the_rerun_completes_ev
 
 @pytest.fixture(scope="module")
 def s3():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    fs = s3fs.S3FileSystem(endpoint_url=endpoint, key=KEY, secret=SECRET)
-    fs.mkdir("wds-bucket")  # moto keeps one store per process: a bucket of its own
-    yield fs, endpoint
-    server.stop()
-    fsspec.config.conf.pop("s3", None)
+    with moto_s3("wds-bucket", KEY, SECRET) as served:
+        yield served
 
 
 def objects(fs) -> dict:
