@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--cfg-scale", type=float, help="default: the model's own")
     parser.add_argument(
-        "--cross-frame", choices=["off", "replace", "extend"], help="default: the model's own"
+        "--cross-frame", choices=["off", "replace", "extend", "maps"], help="default: the model's own"
     )
     parser.add_argument(
         "--insertion",

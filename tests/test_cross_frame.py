@@ -1,4 +1,5 @@
-"""Cross-frame attention: key frames' self-attention attends to the reference pass's keys and values."""
+"""Cross-frame attention: key frames' self-attention attends to the reference pass's keys and values, or
+takes its attention maps ("maps")."""
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ def attention(query, key, value, heads):
     return (weights @ split(value)).transpose(1, 2).reshape(b, -1, c)
 
 
-@pytest.mark.parametrize("mode", ["replace", "extend"])
+@pytest.mark.parametrize("mode", ["replace", "extend", "maps"])
 def test_key_frames_attend_to_the_reference_keys_and_values(mode):
     torch.manual_seed(0)
     attn = Attention(query_dim=32, heads=2, dim_head=16).eval()
@@ -35,11 +36,16 @@ def test_key_frames_attend_to_the_reference_keys_and_values(mode):
         torch.testing.assert_close(recorded, AttnProcessor2_0()(attn, reference))
         store.keyframes = True
         out = processor(attn, keyframes)
-        ref_k, ref_v = (p(reference).repeat_interleave(frames, dim=0) for p in (attn.to_k, attn.to_v))
+        ref_q, ref_k, ref_v = (
+            p(reference).repeat_interleave(frames, dim=0) for p in (attn.to_q, attn.to_k, attn.to_v)
+        )
+        query = attn.to_q(keyframes)
         if mode == "extend":
             ref_k = torch.cat([attn.to_k(keyframes), ref_k], dim=1)
             ref_v = torch.cat([attn.to_v(keyframes), ref_v], dim=1)
-        expected = attn.to_out[0](attention(attn.to_q(keyframes), ref_k, ref_v, heads=2))
+        if mode == "maps":  # the reference's maps (its queries and keys), the key frame's own values
+            query, ref_v = ref_q, attn.to_v(keyframes)
+        expected = attn.to_out[0](attention(query, ref_k, ref_v, heads=2))
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
@@ -66,7 +72,7 @@ def test_cross_frame_key_frames_batch_like_one_at_a_time_and_change_the_result(s
 
     for cfg in (5.0, 1.0):  # with CFG (two copies) and without (one)
         plain = key_frames(cfg, "off")
-        for mode in ("replace", "extend"):
+        for mode in ("replace", "extend", "maps"):
             batched = key_frames(cfg, mode)
             assert (batched - plain).abs().max() > 1e-3, (cfg, mode)  # it does something
             # chunks of one key frame see the same reference keys and values

@@ -192,9 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument(
         "--cross-frame",
-        choices=["off", "replace", "extend"],
+        choices=["off", "replace", "extend", "maps"],
         help="key frames' self-attention attends to the source frame's keys and values instead of "
-        "(replace) or as well as (extend) their own (default: the model's, else off)",
+        "(replace) or as well as (extend) their own, or takes the source frame's attention maps with its "
+        "own values (maps) (default: the model's, else off)",
     )
     edit = gen.add_argument_group(
         "edit options",

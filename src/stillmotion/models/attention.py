@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-CrossFrame = Literal["off", "replace", "extend"]
+CrossFrame = Literal["off", "replace", "extend", "maps"]
 
 
 class AttentionStore:
@@ -32,7 +32,8 @@ class AttentionStore:
         # key frames' attn1 attends to them (replacing or extending their own) while `keyframes` is set
         self.cross_frame: CrossFrame = cross_frame
         self.keyframes = False  # False: the reference pass (records); True: key frames (attend)
-        self.frame_kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (copies, HW, C) each
+        # name -> (copies, HW, C) each: (keys, values), or (queries, keys) for "maps"
+        self.frame_kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def add_guidance_loss(self, name: str, probs: torch.Tensor, heads: int) -> None:
         """Add sum_frames mean_(copy, head) sum_(pixel, token) (A - A_ref)^2 for one layer.
@@ -93,7 +94,11 @@ class CrossFrameProcessor:
     In the reference pass it records the layer's keys and values; in the key frames' passes their
     queries attend to the reference's keys and values instead of their own ("replace", as
     Text2Video-Zero attends to its first frame) or as well as their own ("extend", as Tune-A-Video and
-    TokenFlow do), so every key frame draws on one shared source of appearance.
+    TokenFlow do), so every key frame draws on one shared source of appearance. "maps" records the
+    reference's queries and keys instead, and the key frames take the reference's attention maps with
+    their own values (Plug-and-Play's self-attention injection, Tumanyan et al. 2023): where each pixel
+    looks, hence the layout, comes from the source frame; what it sees, hence the appearance, is the
+    key frame's own.
     """
 
     def __init__(self, name: str, store: AttentionStore) -> None:
@@ -113,20 +118,26 @@ class CrossFrameProcessor:
         if store.cross_frame == "off" or hidden_states.ndim != 3:
             return self.fast(attn, hidden_states, encoder_hidden_states, attention_mask)
         if not store.keyframes:
-            store.frame_kv[self.name] = (attn.to_k(hidden_states).detach(), attn.to_v(hidden_states).detach())
+            first = attn.to_q if store.cross_frame == "maps" else attn.to_k
+            second = attn.to_k if store.cross_frame == "maps" else attn.to_v
+            store.frame_kv[self.name] = (first(hidden_states).detach(), second(hidden_states).detach())
             return self.fast(attn, hidden_states, encoder_hidden_states, attention_mask)
-        reference_key, reference_value = store.frame_kv[self.name]  # (copies, HW, C)
-        copies, batch = reference_key.shape[0], hidden_states.shape[0]
+        reference_first, reference_second = store.frame_kv[self.name]  # (copies, HW, C)
+        copies, batch = reference_first.shape[0], hidden_states.shape[0]
 
         def per_frame(tensor: torch.Tensor) -> torch.Tensor:  # (copies, L, C) -> (copies * frames, L, C)
             frames = batch // copies
             return tensor[:, None].expand(copies, frames, *tensor.shape[1:]).reshape(batch, *tensor.shape[1:])
 
-        key, value = per_frame(reference_key), per_frame(reference_value)
+        if store.cross_frame == "maps":
+            query, key = per_frame(reference_first), per_frame(reference_second)
+            value = attn.to_v(hidden_states)
+        else:
+            query = attn.to_q(hidden_states)
+            key, value = per_frame(reference_first), per_frame(reference_second)
         if store.cross_frame == "extend":
             key = torch.cat([attn.to_k(hidden_states), key], dim=1)
             value = torch.cat([attn.to_v(hidden_states), value], dim=1)
-        query = attn.to_q(hidden_states)
         heads = attn.heads
 
         def split(tensor: torch.Tensor) -> torch.Tensor:  # (B, L, C) -> (B, heads, L, C / heads)

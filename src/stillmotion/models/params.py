@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 Curve = Literal["log", "linear"]
-CrossFrame = Literal["off", "replace", "extend"]
+CrossFrame = Literal["off", "replace", "extend", "maps"]
 Insertion = Literal["spline", "adaptive", "motion"]
 INSERTIONS = ("spline", "adaptive", "motion")
 MAX_CANDIDATES = 16
@@ -111,8 +111,9 @@ class MethodParams:
                 f"cfg_scale must be a finite number >= 1 (1 turns classifier-free guidance off, "
                 f"as in pix2pix-zero), got {self.cfg_scale}"
             )
-        if self.cross_frame not in (None, "off", "replace", "extend"):
-            raise ValueError(f"cross_frame must be 'off', 'replace' or 'extend', got {self.cross_frame!r}")
+        if self.cross_frame not in (None, "off", "replace", "extend", "maps"):
+            choices = "'off', 'replace', 'extend' or 'maps'"
+            raise ValueError(f"cross_frame must be {choices}, got {self.cross_frame!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.direction not in (None, "prompt", "sentences"):
