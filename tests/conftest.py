@@ -10,6 +10,11 @@ import torch  # noqa: E402
 from stillmotion.models.loading import load_stable_diffusion  # noqa: E402
 from stillmotion.models.tiny import make_tiny_model  # noqa: E402
 
+# The tests' models are tiny: a second intra-op thread buys nothing, and on a 2-core machine shared with
+# the Prefect servers and CLI subprocesses the tests start, OpenMP's spinning threads made the in-process
+# model tests up to 7x slower (the toy edits' fixture: 603 s with torch's 2 threads, 84 s with 1).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):

@@ -47,7 +47,7 @@ def test_batched_keyframes_equal_keyframes_one_at_a_time(sd):
     caption, prompts = embeds[:1], embeds[1:]
     edited = keyframe_embeddings(caption, prompts, keyframes=2)  # 4 key frames over 2 segments
     x_t = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(1))
-    common = dict(steps=6, cfg_scale=5.0, xa_guidance=5.0)
+    common = dict(steps=3, cfg_scale=5.0, xa_guidance=5.0)
     source, batched = guided_keyframes(sd.unet, sd.scheduler_config, x_t, caption, caption, edited, **common)
     for k in range(edited.shape[0]):
         alone_source, alone = guided_keyframes(
