@@ -456,6 +456,7 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
         log=lambda line: print(line, flush=True),
         vae_minutes=args.max_minutes,
         unet_minutes=args.max_minutes,
+        hues=args.hues,
     )
     return EXIT_OK
 

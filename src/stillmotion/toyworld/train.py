@@ -160,6 +160,7 @@ def train_toy_model(
     log=print,
     vae_minutes: float | None = None,
     unet_minutes: float | None = None,
+    hues: str = "full",
 ) -> Path:
     """Draw the data, train VAE then UNet + text encoder, save everything in the SD layout."""
     from transformers import CLIPTokenizer
@@ -167,7 +168,7 @@ def train_toy_model(
     out = Path(out)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    pixels, truths = draw_batch(images, np.random.default_rng(seed))
+    pixels, truths = draw_batch(images, np.random.default_rng(seed), hues)
     captions = [truth.caption for truth in truths]
     vocab_size = write_clip_tokenizer(out / "tokenizer", tuple(vocabulary()))
     tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
@@ -197,6 +198,7 @@ def train_toy_model(
     recipe = {
         "seed": seed,
         "images": images,
+        "hues": hues,
         "vae_steps": vae_done,
         "unet_steps": steps,
         "vae_steps_requested": vae_steps,

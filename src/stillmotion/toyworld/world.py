@@ -3,8 +3,9 @@
     images, truths = draw_batch(64, np.random.default_rng(0))      # (64, 32, 32, 3) uint8
     truths[0].caption                                              # "a big red circle"
 
-Hue and size are continuous (jittered around the named colours, sizes in a range) so that edits
-and frames can move smoothly; captions name the nearest colour and a size class.
+Hue and size are continuous (jittered around the named colours, or uniform on the whole hue circle
+with `hues="full"`; sizes in a range) so that edits and frames can move smoothly; captions name the
+nearest colour and a size class.
 """
 
 from __future__ import annotations
@@ -62,10 +63,33 @@ def shape_mask(shape: str, center: tuple[float, float], radius: float, size: int
     return inside.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3))
 
 
-def sample_truth(rng: np.random.Generator, shape: str | None = None, colour: str | None = None) -> Truth:
+HUES = ("near", "full")  # how training images draw their hue (train-toy --hues)
+
+
+def colour_cell(colour: str) -> tuple[float, float]:
+    """The arc of hues (start, end in degrees, end > start, may pass 360) nearer to `colour` than to any
+    other named colour."""
+    order = sorted(COLOURS, key=COLOURS.get)
+    i = order.index(colour)
+    before, after = COLOURS[order[i - 1]], COLOURS[order[(i + 1) % len(order)]]
+    hue = COLOURS[colour]
+    return hue - ((hue - before) % 360) / 2, hue + ((after - hue) % 360) / 2
+
+
+def sample_truth(
+    rng: np.random.Generator, shape: str | None = None, colour: str | None = None, hues: str = "near"
+) -> Truth:
+    """One random truth. `hues="near"`: the hue within 12 degrees of the named colour; `"full"`: uniform
+    on the colour's whole cell of the hue circle (every hue nearer to it than to another named colour), so
+    a model trained on it has seen every hue between two named ones, each colour as often."""
+    if hues not in HUES:
+        raise ValueError(f"hues must be one of {HUES}, not {hues!r}")
     shape = shape or SHAPES[rng.integers(len(SHAPES))]
     colour = colour or list(COLOURS)[rng.integers(len(COLOURS))]
-    hue = COLOURS[colour] + rng.uniform(-12, 12)
+    if hues == "near":
+        hue = COLOURS[colour] + rng.uniform(-12, 12)
+    else:
+        hue = rng.uniform(*colour_cell(colour)) % 360
     big = bool(rng.integers(2))
     radius = rng.uniform(9, 12) if big else rng.uniform(5, 7.5)
     margin = radius + 1
@@ -79,8 +103,8 @@ def render(truth: Truth) -> np.ndarray:
     return np.round(coverage * hue_to_rgb(truth.hue) * 255).astype(np.uint8)
 
 
-def draw_batch(n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[Truth]]:
-    truths = [sample_truth(rng) for _ in range(n)]
+def draw_batch(n: int, rng: np.random.Generator, hues: str = "near") -> tuple[np.ndarray, list[Truth]]:
+    truths = [sample_truth(rng, hues=hues) for _ in range(n)]
     return np.stack([render(t) for t in truths]), truths
 
 
