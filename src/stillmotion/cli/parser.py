@@ -354,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Draw the procedural toy world (one coloured shape on black, with captions) and train a "
         "tiny latent diffusion model on it in the Stable Diffusion layout: VAE first, then UNet and text "
         "encoder jointly, for fixed step budgets (same command, seed, CPU and threads: same weights). "
-        "Weights are written as fp16 safetensors. About 100 minutes on a 2-core machine with the defaults "
-        "(measured: VAE 22 min, UNet 75 min).",
+        "Weights are written as fp16 safetensors. 40-100 minutes on a 2-core machine with the defaults "
+        "(measured: VAE 9-22 min, UNet 29-75 min, by CPU).",
     )
     toy.add_argument("dir", metavar="DIR")
     toy.add_argument("--vae-steps", type=_positive("--vae-steps"), default=1000, help="VAE steps (1000)")

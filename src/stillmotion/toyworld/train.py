@@ -1,6 +1,6 @@
 """Train a tiny text-to-image latent diffusion model on the toy world, in the Stable Diffusion layout.
 
-    stillmotion train-toy models/toyworld --vae-steps 1000 --unet-steps 3000 --seed 0
+    stillmotion train-toy models/toyworld --vae-steps 1000 --unet-steps 3000 --hues full --seed 0
 
 Writes model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/ (weights as fp16
 safetensors), so `load_stable_diffusion` loads it exactly as it loads SD1.4. Recipe (from a trial
