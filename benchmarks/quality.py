@@ -179,7 +179,8 @@ def main() -> None:
     if args.save:
         args.save.write_text(json.dumps(runs[0]))
     accuracy = next((r["accuracy"] for r in runs if r["accuracy"]), None)
-    rows = summarize(load_scores([s for r in runs for s in r["scores"]]))
+    scores = load_scores([s for r in runs for s in r["scores"]])
+    rows = summarize(scores)
     args = argparse.Namespace(**runs[0]["args"])  # what was run, also when merging
 
     commit = subprocess.run(
@@ -227,14 +228,20 @@ def main() -> None:
         "seconds_per_video",
         "insert_seconds",
     ]
+    print_table(rows, header)
+    # where the misses are: the same means by the source's shape (triangles are the thinnest shapes, so a
+    # pixel's shrink costs them the most IoU)
+    print("\nBy source shape:\n")
+    by_shape = ["colour_fidelity", "shape_kept", "last_iou", "mask_iou", "detours", "recon_iou"]
+    print_table(summarize(scores, by_shape=True), ["xa_guidance", "shape", "edits", *by_shape])
+
+
+def print_table(rows: list[dict], header: list[str]) -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
-        print(
-            "| "
-            + " | ".join(f"{row[h]:.3f}" if isinstance(row[h], float) else str(row[h]) for h in header)
-            + " |"
-        )
+        cells = (f"{row[h]:.3f}" if isinstance(row[h], float) else str(row[h]) for h in header)
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -89,6 +89,11 @@ def test_the_full_hue_world_covers_the_circle_and_names_each_hue_by_its_nearest_
     # the "near" world is drawn as before (models/toyworld before 2026-12-04): within 12 degrees of its colour
     near = draw_batch(200, np.random.default_rng(3))[1]
     assert all(abs((t.hue - COLOURS[t.colour] + 180) % 360 - 180) <= 12 for t in near)
+    # "mixed": every 30 degrees drawn too, but half of the images within 12 degrees of their colour's hue
+    mixed = np.array([t.hue for t in draw_batch(800, np.random.default_rng(3), hues="mixed")[1]])
+    assert set(np.histogram(mixed, bins=12, range=(0, 360))[0] > 0) == {True}
+    named = np.array([min(abs((h - c + 180) % 360 - 180) for c in COLOURS.values()) for h in mixed])
+    assert 0.5 < np.mean(named <= 12) < 0.75  # half near, plus the full half's share of those arcs (~0.2)
 
 
 # Quality floors of the committed toy-world model (models/toyworld; the full sweep is in

@@ -368,11 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--images", type=_positive("--images"), default=50_000, help="training images (50000)")
     toy.add_argument(
         "--hues",
-        choices=("full", "near"),
+        choices=("full", "near", "mixed"),
         default="full",
         help="training hues: 'full' (default) uniform on the whole hue circle, each image captioned with its "
         "nearest named colour, so the model has seen every hue between two colours; 'near' within 12 "
-        "degrees of the four named colours (models/toyworld before 2026-12-04)",
+        "degrees of the four named colours (models/toyworld before 2026-12-04); 'mixed' half of each, so "
+        "every hue is seen and each colour word is peaked at its own hue",
     )
     toy.add_argument("--seed", type=_positive("--seed", 0), default=0)
 

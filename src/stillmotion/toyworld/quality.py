@@ -292,15 +292,20 @@ def toy_sources(count: int, seed: int = 1234) -> list[Truth]:
     return [sample_truth(rng) for _ in range(count)]
 
 
-def summarize(scores: list[EditScore]) -> list[dict]:
-    """One row per guidance weight and insertion: means over every edit."""
+def summarize(scores: list[EditScore], by_shape: bool = False) -> list[dict]:
+    """One row per guidance weight and insertion (and source shape, `by_shape`): means over every edit."""
     rows = []
-    for weight, insertion in sorted({(s.xa_guidance, s.insertion) for s in scores}):
-        group = [s for s in scores if (s.xa_guidance, s.insertion) == (weight, insertion)]
+
+    def key(s: EditScore) -> tuple:
+        return (s.xa_guidance, s.insertion, s.source.shape if by_shape else "all")
+
+    for weight, insertion, shape in sorted({key(s) for s in scores}):
+        group = [s for s in scores if key(s) == (weight, insertion, shape)]
         rows.append(
             {
                 "xa_guidance": weight,
                 "insertion": insertion,
+                "shape": shape,
                 "edits": len(group),
                 "colour_fidelity": float(np.mean([s.colour_ok for s in group])),
                 "last_iou": float(np.mean([s.last_iou for s in group])),

@@ -3,9 +3,9 @@
     images, truths = draw_batch(64, np.random.default_rng(0))      # (64, 32, 32, 3) uint8
     truths[0].caption                                              # "a big red circle"
 
-Hue and size are continuous (jittered around the named colours, or uniform on the whole hue circle
-with `hues="full"`; sizes in a range) so that edits and frames can move smoothly; captions name the
-nearest colour and a size class.
+Hue and size are continuous (jittered around the named colours, uniform on the whole hue circle
+with `hues="full"`, or half and half with `hues="mixed"`; sizes in a range) so that edits and frames
+can move smoothly; captions name the nearest colour and a size class.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def shape_mask(shape: str, center: tuple[float, float], radius: float, size: int
     return inside.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3))
 
 
-HUES = ("near", "full")  # how training images draw their hue (train-toy --hues)
+HUES = ("near", "full", "mixed")  # how training images draw their hue (train-toy --hues)
 
 
 def colour_cell(colour: str) -> tuple[float, float]:
@@ -81,11 +81,15 @@ def sample_truth(
 ) -> Truth:
     """One random truth. `hues="near"`: the hue within 12 degrees of the named colour; `"full"`: uniform
     on the colour's whole cell of the hue circle (every hue nearer to it than to another named colour), so
-    a model trained on it has seen every hue between two named ones, each colour as often."""
+    a model trained on it has seen every hue between two named ones, each colour as often; `"mixed"`:
+    half of the images "near", half "full", so every hue is seen but a colour's word means its own hue
+    most of all (a "full" model's "blue" is anything from cyan to violet alike)."""
     if hues not in HUES:
         raise ValueError(f"hues must be one of {HUES}, not {hues!r}")
     shape = shape or SHAPES[rng.integers(len(SHAPES))]
     colour = colour or list(COLOURS)[rng.integers(len(COLOURS))]
+    if hues == "mixed":
+        hues = "near" if rng.integers(2) else "full"
     if hues == "near":
         hue = COLOURS[colour] + rng.uniform(-12, 12)
     else:
