@@ -106,7 +106,7 @@ def seed_video(pipe, sd: StableDiffusion, image: PIL.Image.Image, params: Method
     """The seed's approach: invert once, then K separate pix2pix-zero edits; our insertion and decode."""
     generator = seeded_generator(params.seed)
     inverted = pipe.invert(
-        CAPTION, image=image, num_inference_steps=params.steps, generator=generator
+        CAPTION, image=image, num_inference_steps=params.ddim_steps, generator=generator
     ).latents
     embeds, _ = encode_text(sd.tokenizer, sd.text_encoder, [CAPTION, PROMPT])
     caption_embeds, direction = embeds[:1], embeds[1:] - embeds[:1]
@@ -116,7 +116,7 @@ def seed_video(pipe, sd: StableDiffusion, image: PIL.Image.Image, params: Method
             negative_prompt=CAPTION,
             source_embeds=caption_embeds,
             target_embeds=caption_embeds + weight * direction,
-            num_inference_steps=params.steps,
+            num_inference_steps=params.ddim_steps,
             guidance_scale=params.cfg_scale,
             cross_attention_guidance_amount=params.guidance_for(synthetic=False),
             latents=inverted,
@@ -160,7 +160,7 @@ def count_forwards(unet: torch.nn.Module) -> Iterator[list[float]]:
 def measure(name: str, video: Callable, sd: StableDiffusion, params: MethodParams, repeats: int) -> Result:
     """Warm up on a 2-step video (kernels, allocator, autotuning), then time `repeats` whole videos."""
     print(f"timing {name} ...", flush=True)
-    video(dataclasses.replace(params, steps=min(params.steps, 2)))
+    video(dataclasses.replace(params, steps=min(params.ddim_steps, 2)))
     if sd.device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(sd.device)

@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--keyframes", type=int, default=4)
     parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--steps", type=int, help="DDIM steps (default: the model's own)")
     parser.add_argument("--cfg-scale", type=float, help="default: the model's own")
     parser.add_argument(
         "--cross-frame", choices=["off", "replace", "extend", "maps"], help="default: the model's own"
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> dict:
         negative=args.negative,
         negative_until=args.negative_until,
     ).resolve(ModelDefaults.of_folder(sd.path), synthetic=False)
-    args.cfg_scale, args.cross_frame = params.cfg_scale, params.cross_frame
+    args.cfg_scale, args.cross_frame, args.steps = params.cfg_scale, params.cross_frame, params.ddim_steps
     args.options = params.keyframe_options()
     args.weights = args.weights or [params.xa_guidance]
     scores = []

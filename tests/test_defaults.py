@@ -105,6 +105,7 @@ def test_runs_use_the_models_defaults_key_the_effective_values_and_say_where_the
     assert implicit["xa_guidance_used"] == implicit["params"]["xa_guidance"] == 7.5
     assert implicit["params"]["cfg_scale"] == DEFAULT_CFG_SCALE
     assert implicit["params_from"] == {
+        "steps": "given",
         "xa_guidance": "model",
         "cfg_scale": "default",
         "cross_frame": "default",
@@ -122,4 +123,31 @@ def test_generate_uses_the_models_defaults(own_defaults_model, tmp_path):
     assert main([*args, *fast, "--xa-guidance", "1.0", "--cfg-scale", "3"]) == 0
     metadata = json.loads((out / "metadata.json").read_text())
     assert (metadata["xa_guidance_used"], metadata["params"]["cfg_scale"]) == (1.0, 3.0)
-    assert metadata["params_from"] == {"xa_guidance": "given", "cfg_scale": "given", "cross_frame": "default"}
+    assert metadata["params_from"] == {
+        "steps": "given",
+        "xa_guidance": "given",
+        "cfg_scale": "given",
+        "cross_frame": "default",
+    }
+
+
+def test_a_models_step_count_travels_with_it_and_a_given_one_wins(own_defaults_model, tmp_path):
+    # the guidance step is per DDIM step: a model whose guidance was chosen at 4 steps carries the 4
+    defaults = json.loads((own_defaults_model / "stillmotion.json").read_text())
+    defaults["method_defaults"]["steps"] = 4
+    (own_defaults_model / "stillmotion.json").write_text(json.dumps(defaults))
+    assert ModelDefaults.of_folder(own_defaults_model).steps == 4
+    assert MethodParams().resolve(ModelDefaults(), synthetic=False)[0].steps == 50  # Stable Diffusion's
+    out = tmp_path / "video"
+    args = ["generate", "--source-prompt", "a red car", "--prompt", "a blue car", "--out", str(out)]
+    fast = ["--keyframes", "2", "--frames", "2", "--model", str(own_defaults_model)]
+    assert main([*args, *fast]) == 0
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert (metadata["params"]["steps"], metadata["params_from"]["steps"]) == (4, "model")
+    assert main([*args, *fast, "--steps", "3"]) == 0
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert (metadata["params"]["steps"], metadata["params_from"]["steps"]) == (3, "given")
+    defaults["method_defaults"]["steps"] = 2.5
+    (own_defaults_model / "stillmotion.json").write_text(json.dumps(defaults))
+    with pytest.raises(ValueError, match="steps must be a whole number"):
+        ModelDefaults.of_folder(own_defaults_model)

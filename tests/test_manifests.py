@@ -193,7 +193,7 @@ def test_integer_column_accepts_integer_xa_guidance(memory_root):
 def test_defaults(memory_root):
     (row,) = read_rows(write_manifest(f"{memory_root}/m.parquet", [GOOD]))
     params = row.request.params
-    assert (params.keyframes, params.frames_per_segment, params.fps, params.steps) == (6, 24, 8, 50)
+    assert (params.keyframes, params.frames_per_segment, params.fps, params.ddim_steps) == (6, 24, 8, 50)
     assert params.xa_guidance is None and params.curve == "log"
     assert params.seed == default_seed("good")
 

@@ -122,7 +122,7 @@ def test_trained_model_draws_what_its_prompt_says(toy_sd):
 def edit_rows(toy_sd):
     """Edits of 4 unseen sources towards every other colour with the model's defaults, without and with
     guidance ("guided": at the model's own guidance weight)."""
-    params, _ = MethodParams(keyframes=4, frames=8, steps=25).resolve(
+    params, _ = MethodParams(keyframes=4, frames=8).resolve(
         ModelDefaults.of_folder(toy_sd.path), synthetic=False
     )
     weights = [0.0, params.xa_guidance]

@@ -173,7 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--frames", type=_positive("--frames"), help="output frames per segment (4 x keyframes)")
     gen.add_argument("--fps", type=_positive("--fps"), default=8, help="frames per second, 1-120 (8)")
     gen.add_argument("--seed", type=_positive("--seed", 0), default=0, help="random seed (0)")
-    gen.add_argument("--steps", type=_positive("--steps"), default=50, help="DDIM steps (50)")
+    gen.add_argument(
+        "--steps",
+        type=_positive("--steps"),
+        help="DDIM steps (default: the model's stillmotion.json, else 50; the guidance step is per step)",
+    )
     gen.add_argument("--curve", choices=["log", "linear"], default="log", help="edit-weight curve (log)")
     gen.add_argument(
         "--candidates",

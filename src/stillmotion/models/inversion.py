@@ -105,12 +105,12 @@ def invert(
     if scheduler_config.get("prediction_type", "epsilon") != "epsilon":
         raise ValueError("only epsilon-prediction models are supported")
     scheduler = DDIMInverseScheduler.from_config(scheduler_config)
-    scheduler.set_timesteps(params.steps, device=latents.device)
+    scheduler.set_timesteps(params.ddim_steps, device=latents.device)
     cond = cond_embeds.to(unet.device, unet.dtype)
     for i, t in enumerate(scheduler.timesteps):
         noise = unet(latents.to(unet.dtype), t, encoder_hidden_states=cond).sample
         noise = regularize_noise(noise, params, generator, min_roll)
         latents = scheduler.step(noise, t, latents).prev_sample
         if callback is not None:
-            callback(i + 1, params.steps)
+            callback(i + 1, params.ddim_steps)
     return latents

@@ -96,7 +96,7 @@ def render_keyframes(
         caption_embeds,
         negative_embeds,
         edited,
-        steps=params.steps,
+        steps=params.ddim_steps,
         cfg_scale=params.cfg,
         xa_guidance=xa_guidance,
         batch_size=params.batch_size,

@@ -38,6 +38,7 @@ DEFAULT_DIRECTION_TEMPLATES = (
 DEFAULT_XA_GUIDANCE_REAL = 0.1
 DEFAULT_XA_GUIDANCE_SYNTHETIC = 0.15
 DEFAULT_CFG_SCALE = 5.0
+DEFAULT_STEPS = 50
 # the model defaults that are words, not numbers
 WORD_DEFAULTS = ("cross_frame", "direction", "xa_schedule", "inbetween", "negative")
 MODEL_DEFAULTS_FILE = "stillmotion.json"  # beside model_index.json: the model's own method defaults
@@ -51,7 +52,9 @@ class MethodParams:
     frames: int | None = None  # output frames per segment (N); None means 4 * keyframes
     fps: int = 8  # frames per second of the MP4
     seed: int = 0  # seeds x_T (synthetic), the VAE sample and the regularizer's roll offsets
-    steps: int = 50  # DDIM steps for inversion, reference and key frames
+    # DDIM steps for inversion, reference and key frames; None: the model's (50 for Stable Diffusion). The
+    # guidance step is per DDIM step, so a model's guidance default holds at its own step count only
+    steps: int | None = None
     cfg_scale: float | None = None  # CFG scale of reference and key frames; 1: CFG off; None: the model's
     xa_guidance: float | None = None  # cross-attention guidance step; None: the model's default for the mode
     curve: Curve = "log"  # edit-weight curve: ln(1 + k(e-1)/K) or k/K
@@ -96,7 +99,7 @@ class MethodParams:
             raise ValueError(f"frames ({self.frames}) must be >= keyframes ({self.keyframes})")
         if not 1 <= self.fps <= 120:
             raise ValueError(f"fps must be in 1..120, got {self.fps}")
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.xa_guidance is not None and not (self.xa_guidance >= 0 and self.xa_guidance != float("inf")):
             raise ValueError(f"xa_guidance must be finite and >= 0, got {self.xa_guidance}")
@@ -143,6 +146,11 @@ class MethodParams:
         if self.xa_guidance is not None:
             return self.xa_guidance
         return DEFAULT_XA_GUIDANCE_SYNTHETIC if synthetic else DEFAULT_XA_GUIDANCE_REAL
+
+    @property
+    def ddim_steps(self) -> int:
+        """The DDIM steps: the user's, else pix2pix-zero's 50 (see `resolve` for a model's own)."""
+        return DEFAULT_STEPS if self.steps is None else self.steps
 
     @property
     def cross(self) -> CrossFrame:
@@ -206,6 +214,7 @@ class MethodParams:
         values, sources = {}, {}
         xa = "xa_guidance_synthetic" if synthetic else "xa_guidance_real"
         for name, given, default in (
+            ("steps", self.steps, "steps"),
             ("cfg_scale", self.cfg_scale, "cfg_scale"),
             ("xa_guidance", self.xa_guidance, xa),
             ("cross_frame", self.cross_frame, "cross_frame"),
@@ -232,12 +241,13 @@ class ModelDefaults:
     """The method values that depend on the model, and where they came from. Stable Diffusion keeps
     pix2pix-zero's; a model folder may carry its own in MODEL_DEFAULTS_FILE:
 
-        {"method_defaults": {"xa_guidance_real": 10.0, "xa_guidance_synthetic": 10.0, "cfg_scale": 5.0}}
+        {"method_defaults": {"steps": 25, "xa_guidance_real": 10.0, "xa_guidance_synthetic": 5.0}}
     """
 
     xa_guidance_real: float = DEFAULT_XA_GUIDANCE_REAL
     xa_guidance_synthetic: float = DEFAULT_XA_GUIDANCE_SYNTHETIC
     cfg_scale: float = DEFAULT_CFG_SCALE
+    steps: int = DEFAULT_STEPS
     cross_frame: str = "off"
     direction: str = "prompt"
     direction_templates: tuple[str, ...] = DEFAULT_DIRECTION_TEMPLATES
@@ -273,12 +283,16 @@ class ModelDefaults:
                 if name in WORD_DEFAULTS
                 else tuple(value)
                 if name == "direction_templates"
+                else _whole(name, value)
+                if name == "steps"
                 else float(value)
                 for name, value in values.items()
             }
             defaults = cls(**typed, from_model=frozenset(values))
             # the same checks as a value given by a user
-            MethodParams(cfg_scale=defaults.cfg_scale, xa_guidance=defaults.xa_guidance_real)
+            MethodParams(
+                cfg_scale=defaults.cfg_scale, xa_guidance=defaults.xa_guidance_real, steps=defaults.steps
+            )
             MethodParams(xa_guidance=defaults.xa_guidance_synthetic, cross_frame=defaults.cross_frame)
             MethodParams(
                 direction=defaults.direction,
@@ -292,3 +306,9 @@ class ModelDefaults:
         except (ValueError, TypeError) as error:
             raise ValueError(f"{path}: {error}") from None
         return defaults
+
+
+def _whole(name: str, value) -> int:
+    if isinstance(value, bool) or not float(value).is_integer():
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(value)

@@ -178,7 +178,7 @@ def score_source(
                 caption,
                 caption,
                 edited,
-                params.steps,
+                params.ddim_steps,
                 params.cfg,
                 weight,
                 batch_size=params.batch_size,
