@@ -100,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--negative-until", type=float, help="--negative empty for the first fraction of steps only"
     )
+    parser.add_argument(
+        "--edit-from", type=float, help="key frames follow the reference for this fraction of the steps"
+    )
     parser.add_argument("--label", default="", help="a name for this variant in the report")
     parser.add_argument("--samples-per-prompt", type=int, default=8, help="0: skip the sampling check")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
@@ -146,6 +149,7 @@ def run(args: argparse.Namespace) -> dict:
         inbetween=args.inbetween,
         negative=args.negative,
         negative_until=args.negative_until,
+        edit_from=args.edit_from,
     ).resolve(ModelDefaults.of_folder(sd.path), synthetic=False)
     args.cfg_scale, args.cross_frame, args.steps = params.cfg_scale, params.cross_frame, params.ddim_steps
     args.options = params.keyframe_options()

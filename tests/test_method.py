@@ -64,6 +64,37 @@ def test_batched_keyframes_equal_keyframes_one_at_a_time(sd):
     assert (batched[0] - batched[3]).abs().max() > 1e-3  # different edits give different frames
 
 
+def test_edit_from_branches_the_key_frames_from_the_reference_after_its_share_of_the_steps(sd):
+    embeds = embed(sd, ["a cat", "a dog"])
+    caption, edited = embeds[:1], embeds[1:]
+    x_t = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(2))
+    common = dict(steps=4, cfg_scale=5.0, xa_guidance=0.0)
+    source, late = guided_keyframes(
+        sd.unet, sd.scheduler_config, x_t, caption, caption, edited, edit_from=0.5, **common
+    )
+    _, early = guided_keyframes(sd.unet, sd.scheduler_config, x_t, caption, caption, edited, **common)
+    # by hand: two steps of the caption alone (the reference: its negative is the caption, so CFG is its
+    # conditional prediction), then two CFG steps of the edit from where the reference got to
+    scheduler = DDIMScheduler.from_config(sd.scheduler_config)
+    scheduler.set_timesteps(4)
+    latent = x_t.clone()
+    with torch.no_grad():
+        for i, t in enumerate(scheduler.timesteps):
+            if i < 2:
+                noise = sd.unet(latent, t, encoder_hidden_states=caption).sample
+            else:
+                both = sd.unet(torch.cat([latent] * 2), t, encoder_hidden_states=torch.cat([caption, edited]))
+                noise = classifier_free_guidance(both.sample, 5.0)
+            latent = scheduler.step(noise, t, latent).prev_sample
+    torch.testing.assert_close(late, latent, atol=1e-4, rtol=0)
+    assert (late - early).abs().max() > 1e-3  # branching from x_T is another video
+    assert (late - source).abs().max() > 1e-3  # and the edit still happens
+    with pytest.raises(ValueError, match="edit_from"):
+        MethodParams(edit_from=1.0)
+    assert "edit_from" in MethodParams(edit_from=0.2).keyframe_options()  # a cache key changes with it
+    assert "edit_from" not in MethodParams().keyframe_options()  # and the default keeps the old keys
+
+
 def map_distances(sd, x_t, caption, edited, steps, xa_guidance):
     """Per step, the attn2-map loss of the key frame's trajectory against the reference maps."""
     scheduler = DDIMScheduler.from_config(sd.scheduler_config)

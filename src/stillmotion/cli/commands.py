@@ -69,6 +69,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             inbetween=args.inbetween,
             negative=args.negative,
             negative_until=args.negative_until,
+            edit_from=args.edit_from,
             xa_guidance=args.xa_guidance,
             cfg_scale=args.cfg_scale,
             batch_size=args.batch_size,

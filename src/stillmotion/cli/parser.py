@@ -247,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="the empty negative for this fraction of the steps, the caption after, (0, 1]",
     )
+    edit.add_argument(
+        "--edit-from",
+        type=float,
+        metavar="F",
+        help="key frames follow the unedited source frame for this fraction of the steps, [0, 1), and "
+        "branch from it after: the layout is settled first (0: from x_T, as pix2pix-zero)",
+    )
     gen.add_argument(
         "--xa-guidance",
         type=_non_negative_float,

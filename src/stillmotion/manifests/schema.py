@@ -44,12 +44,13 @@ MANIFEST_COLUMNS: dict[str, pa.DataType] = {
     "inbetween": pa.string(),  # embedding | latent
     "negative": pa.string(),  # caption | empty
     "negative_until": pa.float64(),  # "empty" negative for this fraction of the steps, (0, 1]
+    "edit_from": pa.float64(),  # key frames follow the unedited source frame for this fraction, [0, 1)
 }
 MANIFEST_SCHEMA = pa.schema([pa.field(name, kind) for name, kind in MANIFEST_COLUMNS.items()])
 REQUIRED_COLUMNS = ("video_id", "prompts")
 SOURCE_COLUMNS = ("image", "source_prompt")  # a manifest needs at least one; a row exactly one
 INT_COLUMNS = ("keyframes", "frames", "fps", "seed", "steps", "batch_size", "candidates")
-FLOAT_COLUMNS = ("xa_guidance", "cfg_scale", "xa_until", "negative_until")
+FLOAT_COLUMNS = ("xa_guidance", "cfg_scale", "xa_until", "negative_until", "edit_from")
 LIST_COLUMNS = ("prompts", "direction_templates")  # lists of strings
 WORD_COLUMNS = ("curve", "cross_frame", "insertion", "direction", "xa_schedule", "inbetween", "negative")
 

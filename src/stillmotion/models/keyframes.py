@@ -138,6 +138,7 @@ def guided_keyframes(
     guidance_schedule: XaSchedule = "constant",
     keyframe_negative_embeds: torch.Tensor | None = None,
     negative_until: float = 1.0,
+    edit_from: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise the reference (source frame) and every key frame from x_T in one loop.
 
@@ -147,7 +148,9 @@ def guided_keyframes(
     `keyframe_negative_embeds` (1, T, D) the key frames' CFG takes it as the negative, while the reference
     pass follows its conditional prediction alone (what a negative equal to the caption gives) and
     records its uncond maps under that negative, for the key frames' uncond copies to match; for the
-    first `negative_until` of the steps only, `negative_embeds` after.
+    first `negative_until` of the steps only, `negative_embeds` after. With `edit_from` > 0 the key frames
+    follow the reference for the first `edit_from` of the steps (the layout they share is settled there)
+    and branch from its latent, to their edited embeddings, after.
     Returns (source latent (1, C, h, w), key-frame latents (F, C, h, w)), both fp32.
     """
     # 1. prepare timesteps and the per-chunk state
@@ -163,6 +166,7 @@ def guided_keyframes(
         guidance = [xa_guidance] * len(chunks)
     source = inverted_noise.clone()
     latents = [inverted_noise.expand(len(chunk), -1, -1, -1).clone() for chunk in chunks]
+    shared = math.floor(edit_from * steps + 1e-9)  # steps the key frames take as the reference
     # 2. denoising loop: reference pass, then a guided step for each chunk of key frames
     with attention_store(unet, cross_frame) as store:
         for i, t in enumerate(scheduler.timesteps):
@@ -173,6 +177,14 @@ def guided_keyframes(
             noise = unet(x_in, t, encoder_hidden_states=reference_embeds).sample.float()
             noise = noise.chunk(copies)[-1] if own_negative else classifier_free_guidance(noise, cfg_scale)
             source = scheduler.step(noise, t, source).prev_sample
+            if i < shared:  # the key frames are still the reference: no guided step to take
+                if i + 1 == shared:
+                    latents = [source.expand(len(chunk), -1, -1, -1).clone() for chunk in chunks]
+                store.reference.clear()
+                store.frame_kv.clear()
+                if callback is not None:
+                    callback(i + 1, steps)
+                continue
             store.keyframes = True
             weight = [guidance_at(i, steps, step, guidance_until, guidance_schedule) for step in guidance]
             for j, chunk in enumerate(chunks):

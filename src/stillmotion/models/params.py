@@ -91,6 +91,9 @@ class MethodParams:
     # model's ("caption"). Synthetic mode always uses the empty prompt.
     negative: Negative | None = None
     negative_until: float | None = None  # "empty" for the first fraction of the steps, the caption after
+    # the key frames follow the reference pass (the caption, unedited) for this fraction of the steps and
+    # branch from its latent after; None: the model's (0: they branch from x_T, as pix2pix-zero)
+    edit_from: float | None = None
 
     def __post_init__(self) -> None:
         if self.keyframes < 1:
@@ -133,6 +136,8 @@ class MethodParams:
             raise ValueError(f"negative must be 'caption' or 'empty', got {self.negative!r}")
         if self.negative_until is not None and not 0 < self.negative_until <= 1:
             raise ValueError(f"negative_until must be in (0, 1], got {self.negative_until}")
+        if self.edit_from is not None and not 0 <= self.edit_from < 1:
+            raise ValueError(f"edit_from must be in [0, 1), got {self.edit_from}")
         if self.inbetween not in (None, "embedding", "latent"):
             raise ValueError(f"inbetween must be 'embedding' or 'latent', got {self.inbetween!r}")
 
@@ -179,6 +184,10 @@ class MethodParams:
         return self.xa_schedule or "constant"
 
     @property
+    def shared_steps(self) -> float:
+        return 0.0 if self.edit_from is None else self.edit_from
+
+    @property
     def inbetween_mode(self) -> Inbetween:
         return self.inbetween or "embedding"
 
@@ -199,6 +208,7 @@ class MethodParams:
             "xa_schedule": (self.guidance_schedule, "constant"),
             "inbetween": (self.inbetween_mode, "embedding"),
             "negative": (self.negative_prompt, "caption"),
+            "edit_from": (self.shared_steps, 0.0),
         }
         changed = {name: value for name, (value, default) in options.items() if value != default}
         if self.negative_prompt == "empty" and self.empty_negative_until != 1.0:
@@ -225,6 +235,7 @@ class MethodParams:
             ("inbetween", self.inbetween, "inbetween"),
             ("negative", self.negative, "negative"),
             ("negative_until", self.negative_until, "negative_until"),
+            ("edit_from", self.edit_from, "edit_from"),
         ):
             values[name] = given if given is not None else getattr(defaults, default)
             source = "given" if given is not None else defaults.source_of(default)
@@ -256,6 +267,7 @@ class ModelDefaults:
     inbetween: str = "embedding"
     negative: str = "caption"
     negative_until: float = 1.0
+    edit_from: float = 0.0
     from_model: frozenset[str] = frozenset()  # the names the model folder set
 
     def source_of(self, name: str) -> str:
@@ -302,6 +314,7 @@ class ModelDefaults:
                 inbetween=defaults.inbetween,
                 negative=defaults.negative,
                 negative_until=defaults.negative_until,
+                edit_from=defaults.edit_from,
             )
         except (ValueError, TypeError) as error:
             raise ValueError(f"{path}: {error}") from None
