@@ -106,7 +106,7 @@ def render_keyframes(
         guidance_schedule=params.guidance_schedule,
         keyframe_negative_embeds=keyframe_negative(sd, params, synthetic),
         negative_until=params.empty_negative_until,
-        edit_from=params.shared_steps,
+        edit_from=params.edit_from_share,
     )
     cut = sorted({text for text, was_cut in zip(texts, truncated, strict=True) if was_cut})
     candidates = keyframes.chunk(len(guidance)) if guidance is not None else [keyframes]

@@ -184,7 +184,8 @@ class MethodParams:
         return self.xa_schedule or "constant"
 
     @property
-    def shared_steps(self) -> float:
+    def edit_from_share(self) -> float:
+        """The share of the steps the key frames take as the reference: the user's, else 0 (see `resolve`)."""
         return 0.0 if self.edit_from is None else self.edit_from
 
     @property
@@ -208,7 +209,7 @@ class MethodParams:
             "xa_schedule": (self.guidance_schedule, "constant"),
             "inbetween": (self.inbetween_mode, "embedding"),
             "negative": (self.negative_prompt, "caption"),
-            "edit_from": (self.shared_steps, 0.0),
+            "edit_from": (self.edit_from_share, 0.0),
         }
         changed = {name: value for name, (value, default) in options.items() if value != default}
         if self.negative_prompt == "empty" and self.empty_negative_until != 1.0:
@@ -252,7 +253,7 @@ class ModelDefaults:
     """The method values that depend on the model, and where they came from. Stable Diffusion keeps
     pix2pix-zero's; a model folder may carry its own in MODEL_DEFAULTS_FILE:
 
-        {"method_defaults": {"steps": 25, "xa_guidance_real": 10.0, "xa_guidance_synthetic": 5.0}}
+        {"method_defaults": {"steps": 25, "xa_guidance_real": 8.5, "edit_from": 0.1}}
     """
 
     xa_guidance_real: float = DEFAULT_XA_GUIDANCE_REAL

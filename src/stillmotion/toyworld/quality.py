@@ -187,7 +187,7 @@ def score_source(
                 guidance_schedule=params.guidance_schedule,
                 keyframe_negative_embeds=keyframe_negative(sd, params, synthetic=False),
                 negative_until=params.empty_negative_until,
-                edit_from=params.shared_steps,
+                edit_from=params.edit_from_share,
             )
             segments = [
                 inbetween_latents(source_latent, keyframes[i * denoised : (i + 1) * denoised], params)
