@@ -172,25 +172,21 @@ def guided_keyframes(
         for i, t in enumerate(scheduler.timesteps):
             negative = keyframe_negative_embeds if i < own_steps else negative_embeds
             reference_embeds = torch.cat([negative, caption_embeds][-copies:]).to(unet.dtype)
-            store.mode, store.keyframes = "record", False
+            # maps are recorded only on the steps the key frames take on their own (`edit_from`)
+            store.mode, store.keyframes = ("record" if i >= shared else "off"), False
             x_in = torch.cat([source] * copies).to(unet.dtype)
             noise = unet(x_in, t, encoder_hidden_states=reference_embeds).sample.float()
             noise = noise.chunk(copies)[-1] if own_negative else classifier_free_guidance(noise, cfg_scale)
             source = scheduler.step(noise, t, source).prev_sample
-            if i < shared:  # the key frames are still the reference: no guided step to take
-                if i + 1 == shared:
-                    latents = [source.expand(len(chunk), -1, -1, -1).clone() for chunk in chunks]
-                store.reference.clear()
-                store.frame_kv.clear()
-                if callback is not None:
-                    callback(i + 1, steps)
-                continue
-            store.keyframes = True
-            weight = [guidance_at(i, steps, step, guidance_until, guidance_schedule) for step in guidance]
-            for j, chunk in enumerate(chunks):
-                latents[j] = guided_step(
-                    unet, scheduler, store, latents[j], t, negative, chunk, cfg_scale, weight[j]
-                )
+            if i >= shared:
+                store.keyframes = True
+                weight = [guidance_at(i, steps, step, guidance_until, guidance_schedule) for step in guidance]
+                for j, chunk in enumerate(chunks):
+                    latents[j] = guided_step(
+                        unet, scheduler, store, latents[j], t, negative, chunk, cfg_scale, weight[j]
+                    )
+            elif i + 1 == shared:  # the key frames were the reference so far: they branch from its latent
+                latents = [source.expand(len(chunk), -1, -1, -1).clone() for chunk in chunks]
             store.reference.clear()
             store.frame_kv.clear()
             if callback is not None:
