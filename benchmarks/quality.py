@@ -28,6 +28,7 @@ import torch
 
 from stillmotion.models import MethodParams, ModelDefaults, load_stable_diffusion
 from stillmotion.toyworld.quality import (
+    UNSEEN_SEED,
     EditScore,
     sampling_accuracy,
     score_source,
@@ -52,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="sources not drawn like the training data (other sizes and resolutions, captions with and "
         "without a size word) instead of training-like ones",
+    )
+    parser.add_argument(
+        "--unseen-seed",
+        type=int,
+        default=UNSEEN_SEED,
+        help="draws the unseen sources: another seed is another held-out set (default: the sweeps' own)",
     )
     parser.add_argument("--keyframes", type=int, default=4)
     parser.add_argument("--frames", type=int, default=8)
@@ -103,6 +110,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--edit-from", type=float, help="key frames follow the reference for this fraction of the steps"
     )
+    parser.add_argument(
+        "--inject-features", type=float, help="key frames take the reference's features for this fraction"
+    )
+    parser.add_argument("--inject-layer", dest="inject_layers", action="append", help="repeatable")
     parser.add_argument("--label", default="", help="a name for this variant in the report")
     parser.add_argument("--samples-per-prompt", type=int, default=8, help="0: skip the sampling check")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
@@ -150,12 +161,14 @@ def run(args: argparse.Namespace) -> dict:
         negative=args.negative,
         negative_until=args.negative_until,
         edit_from=args.edit_from,
+        inject_features=args.inject_features,
+        inject_layers=tuple(args.inject_layers) if args.inject_layers else None,
     ).resolve(ModelDefaults.of_folder(sd.path), synthetic=False)
     args.cfg_scale, args.cross_frame, args.steps = params.cfg_scale, params.cross_frame, params.ddim_steps
     args.options = params.keyframe_options()
     args.weights = args.weights or [params.xa_guidance]
     scores = []
-    sources = unseen_sources(args.sources) if args.unseen else toy_sources(args.sources)
+    sources = unseen_sources(args.sources, args.unseen_seed) if args.unseen else toy_sources(args.sources)
     for i, source in enumerate(sources):
         if i % shards == shard:
             scores += score_source(
@@ -197,7 +210,9 @@ def main() -> None:
     )
     print(
         f"Command: `python benchmarks/quality.py --model {args.model} --sources {args.sources}"
-        f"{' --unseen' if getattr(args, 'unseen', False) else ''} --weights "
+        f"{' --unseen' if getattr(args, 'unseen', False) else ''}"
+        f"{_seed_flag(getattr(args, 'unseen_seed', UNSEEN_SEED))}"
+        f" --weights "
         f"{' '.join(str(w) for w in args.weights)}` "
         f"(K={args.keyframes}, N={args.frames}, steps {args.steps}, CFG {args.cfg_scale}, "
         f"cross-frame {getattr(args, 'cross_frame', None) or 'off'}, curve {getattr(args, 'curve', 'log')}, "
@@ -219,6 +234,7 @@ def main() -> None:
         "last_iou",
         "mask_iou",
         "detours",
+        "overshoots",
         "key_detours",
         "spline_detours",
         "hollow_last",
@@ -236,8 +252,12 @@ def main() -> None:
     # where the misses are: the same means by the source's shape (triangles are the thinnest shapes, so a
     # pixel's shrink costs them the most IoU)
     print("\nBy source shape:\n")
-    by_shape = ["colour_fidelity", "shape_kept", "last_iou", "mask_iou", "detours", "recon_iou"]
+    by_shape = ["colour_fidelity", "shape_kept", "last_iou", "mask_iou", "detours", "overshoots", "recon_iou"]
     print_table(summarize(scores, by_shape=True), ["xa_guidance", "shape", "edits", *by_shape])
+
+
+def _seed_flag(seed: int) -> str:
+    return "" if seed == UNSEEN_SEED else f" --unseen-seed {seed}"
 
 
 def print_table(rows: list[dict], header: list[str]) -> None:

@@ -97,6 +97,7 @@ BAD_ROWS = {
     "bad direction": ({"direction": "sideways"}, "direction", "'prompt' or 'sentences'"),
     "template without {}": ({"direction_templates": ["a photo"]}, "direction_templates", "one '{}'"),
     "xa_until 0": ({"xa_until": 0.0}, "xa_until", "(0, 1]"),
+    "inject_features 2": ({"inject_features": 2.0}, "inject_features", "[0, 1]"),
     "bad xa_schedule": ({"xa_schedule": "cosine"}, "xa_schedule", "'constant' or 'linear'"),
     "bad inbetween": ({"inbetween": "pixels"}, "inbetween", "'embedding' or 'latent'"),
     "bad negative": ({"negative": "none"}, "negative", "'caption' or 'empty'"),
@@ -375,6 +376,8 @@ def test_the_edit_options_are_columns_and_a_missing_one_is_the_models(memory_roo
         "inbetween": "latent",
         "negative": "empty",
         "negative_until": 0.25,
+        "inject_features": 0.5,
+        "inject_layers": ["up_blocks.1.resnets.1", "up_blocks.2.resnets.0"],
     }
     rows = read_rows(write_manifest(f"{memory_root}/m.parquet", [edited, {**GOOD_2, "direction": None}]))
     params = rows[0].request.params
@@ -384,5 +387,7 @@ def test_the_edit_options_are_columns_and_a_missing_one_is_the_models(memory_roo
     )
     assert (params.xa_until, params.xa_schedule, params.inbetween) == (0.5, "linear", "latent")
     assert (params.negative, params.negative_until) == ("empty", 0.25)
+    layers = ("up_blocks.1.resnets.1", "up_blocks.2.resnets.0")
+    assert (params.inject_features, params.inject_layers) == (0.5, layers)
     default = rows[1].request.params  # None: filled in from the model's defaults when the run resolves it
     assert (default.direction, default.direction_templates, default.xa_until, default.negative) == (None,) * 4

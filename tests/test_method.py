@@ -95,6 +95,43 @@ def test_edit_from_branches_the_key_frames_from_the_reference_after_its_share_of
     assert "edit_from" not in MethodParams().keyframe_options()  # and the default keeps the old keys
 
 
+def test_feature_injection_gives_the_key_frames_the_reference_features_for_its_share_of_the_steps(sd):
+    embeds = embed(sd, ["a cat", "a dog", "a bird"])
+    caption, edited = embeds[:1], embeds[1:]  # two key frames
+    x_t = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3))
+    common = dict(steps=4, cfg_scale=5.0, xa_guidance=0.0)
+    layer = "up_blocks.1.resnets.1"
+    seen = []  # what the block after the injected layer receives: the injected layer's output
+    after = sd.unet.get_submodule("up_blocks.1.attentions.1")
+    hook = after.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    try:
+        _, injected = guided_keyframes(
+            sd.unet, sd.scheduler_config, x_t, caption, caption, edited,
+            inject_features=0.5, inject_layers=(layer,), **common,
+        )  # fmt: skip
+    finally:
+        hook.remove()
+    _, plain = guided_keyframes(sd.unet, sd.scheduler_config, x_t, caption, caption, edited, **common)
+    assert len(seen) == 8  # per step: the reference pass ([uncond; cond]), then the key frames' pass
+    for step in range(4):
+        reference, frames = seen[2 * step], seen[2 * step + 1]  # (2, C, h, w), (4, C, h, w)
+        assert reference.shape[0] == 2 and frames.shape[0] == 4
+        # key frames are laid out [uncond_1, uncond_2, cond_1, cond_2]; each copy takes its own kind's
+        gap = (frames - reference.repeat_interleave(2, dim=0)).abs().max()
+        assert (gap == 0) if step < 2 else (gap > 1e-4), (step, gap)
+    assert (injected - plain).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="up_blocks.1.resnets.1"):  # a bad name lists the real ones
+        guided_keyframes(
+            sd.unet, sd.scheduler_config, x_t, caption, caption, edited,
+            inject_features=0.5, inject_layers=("up_blocks.9.resnets.0",), **common,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="inject_features"):
+        MethodParams(inject_features=1.5)
+    options = MethodParams(inject_features=0.5).keyframe_options()  # a cache key changes with it
+    assert options["inject_features"] == 0.5 and options["inject_layers"] == [layer]
+    assert not {"inject_features", "inject_layers"} & set(MethodParams().keyframe_options())
+
+
 def map_distances(sd, x_t, caption, edited, steps, xa_guidance):
     """Per step, the attn2-map loss of the key frame's trajectory against the reference maps."""
     scheduler = DDIMScheduler.from_config(sd.scheduler_config)

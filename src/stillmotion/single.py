@@ -20,6 +20,7 @@ from .models import (
     open_image,
     render_frames,
 )
+from .models.attention import injected_layers
 from .models.candidates import render_candidates
 from .models.images import tensor_to_pil
 from .models.scoring import find_scorers, frame_prompts, load_scorers, video_scores
@@ -42,12 +43,20 @@ def resolved(request: VideoRequest, defaults: ModelDefaults) -> tuple[VideoReque
     return dataclasses.replace(request, params=params), sources
 
 
+def check_for_model(sd: StableDiffusion, request: VideoRequest) -> None:
+    """A ValueError, before any work, for a request this model cannot run (an injected layer it lacks)."""
+    params = resolved(request, ModelDefaults.of_folder(sd.path) if sd.path else ModelDefaults())[0].params
+    if params.injection_share:
+        injected_layers(sd.unet, params.injection_layers)
+
+
 def generate_video(
     sd: StableDiffusion, request: VideoRequest, progress: Progress | None = None
 ) -> tuple[dict[str, bytes], dict]:
     """Run the whole method for one request; returns (files, metadata) ready to be written."""
     timings: dict[str, float] = {}
     report = progress or (lambda stage, done, total: None)
+    check_for_model(sd, request)
     request, sources = resolved(request, ModelDefaults.of_folder(sd.path) if sd.path else ModelDefaults())
     params = request.params
 

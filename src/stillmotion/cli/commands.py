@@ -48,7 +48,7 @@ class StageProgress:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from ..models import MethodParams, load_stable_diffusion, resolve_device
-    from ..single import VideoRequest, generate_video
+    from ..single import VideoRequest, check_for_model, generate_video
     from ..storage import check_video_folder, publish_video_folder
 
     try:
@@ -70,6 +70,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             negative=args.negative,
             negative_until=args.negative_until,
             edit_from=args.edit_from,
+            inject_features=args.inject_features,
+            inject_layers=tuple(args.inject_layers) if args.inject_layers else None,
             xa_guidance=args.xa_guidance,
             cfg_scale=args.cfg_scale,
             batch_size=args.batch_size,
@@ -99,6 +101,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         compile_unet=args.compile_unet,
     )
+    try:
+        check_for_model(sd, request)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     progress = StageProgress()
     try:
         files, metadata = generate_video(sd, request, progress)

@@ -78,14 +78,16 @@ def _positive(name: str, minimum: int = 1):
     return parse
 
 
-def _fraction(name: str):
+def _fraction(name: str, zero: bool = False):
+    """A share of the steps: (0, 1], or [0, 1] with `zero`."""
+
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not 0 < value <= 1:
-            raise argparse.ArgumentTypeError(f"{name} must be in (0, 1], got {text}")
+        if not (0 <= value <= 1 if zero else 0 < value <= 1):
+            raise argparse.ArgumentTypeError(f"{name} must be in {'[0' if zero else '(0'}, 1], got {text}")
         return value
 
     return parse
@@ -253,6 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="key frames follow the unedited source frame for this fraction of the steps, [0, 1), and "
         "branch from it after: the layout is settled first (0: from x_T, as pix2pix-zero)",
+    )
+    edit.add_argument(
+        "--inject-features",
+        type=_fraction("--inject-features", zero=True),
+        metavar="F",
+        help="for this fraction of the steps, [0, 1], key frames take the source frame's features at "
+        "--inject-layer in place of their own (Plug-and-Play): its layout is kept, the edited text sets "
+        "the appearance (0: off, as pix2pix-zero)",
+    )
+    edit.add_argument(
+        "--inject-layer",
+        dest="inject_layers",
+        action="append",
+        metavar="NAME",
+        help="a UNet ResNet block for --inject-features, as named_modules() names it (repeatable; "
+        "default: the model's, else up_blocks.1.resnets.1, Plug-and-Play's layer)",
     )
     gen.add_argument(
         "--xa-guidance",

@@ -235,8 +235,9 @@ def _params(video_id: str, values: dict) -> MethodParams:
     elif not 0 <= seed < _MAX_SEED:
         raise _RowFailure("seed", f"seed must be in 0..2**63-1, got {seed}")
     words = {name: values[name] for name in WORD_COLUMNS if values.get(name) is not None}
-    if values.get("direction_templates"):
-        words["direction_templates"] = tuple(values["direction_templates"])
+    for name in ("direction_templates", "inject_layers"):
+        if values.get(name):
+            words[name] = tuple(values[name])
     try:
         return MethodParams(seed=seed, **numbers, **words)
     except ValueError as error:

@@ -1,4 +1,5 @@
-"""Cross-attention (attn2) processors that record reference maps or score guidance against them.
+"""Cross-attention (attn2) processors that record reference maps or score guidance against them, and
+the cross-frame attention and feature injection by which key frames take the reference pass's own.
 
 Installed with `unet.set_attn_processor` for the attn2 layers only; self-attention (attn1) keeps
 its fast SDPA processor, and attn2 itself runs on SDPA whenever the store is "off", so attention
@@ -11,6 +12,7 @@ probabilities are materialised only when they are recorded or compared.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
@@ -34,6 +36,10 @@ class AttentionStore:
         self.keyframes = False  # False: the reference pass (records); True: key frames (attend)
         # name -> (copies, HW, C) each: (keys, values), or (queries, keys) for "maps"
         self.frame_kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # feature injection: while `inject` is set, the reference pass records the output of each
+        # injected layer and the key frames' passes take it in place of their own (see FeatureInjection)
+        self.inject = False
+        self.features: dict[str, torch.Tensor] = {}  # layer name -> (copies, C, h, w)
 
     def add_guidance_loss(self, name: str, probs: torch.Tensor, heads: int) -> None:
         """Add sum_frames mean_(copy, head) sum_(pixel, token) (A - A_ref)^2 for one layer.
@@ -88,6 +94,38 @@ class CrossAttnMapsProcessor:
         return attn.to_out[1](hidden_states)
 
 
+def per_frame(reference: torch.Tensor, batch: int) -> torch.Tensor:
+    """(copies, ...) reference pass [uncond; cond] -> (batch, ...) for key frames laid out
+    [uncond_1..uncond_K, cond_1..cond_K]: each frame gets the reference's copy of its own kind."""
+    copies = reference.shape[0]
+    return (
+        reference[:, None]
+        .expand(copies, batch // copies, *reference.shape[1:])
+        .reshape(batch, *reference.shape[1:])
+    )
+
+
+class FeatureInjection:
+    """Forward hook on a UNet layer (a ResNet block): Plug-and-Play's feature injection (Tumanyan et al.
+    2023). While `store.inject` is set the reference pass records the layer's output and the key frames'
+    passes replace theirs with it, so the spatial features that fix the layout (PnP: the decoder's 4th
+    layer, `up_blocks.1.resnets.1` in Stable Diffusion) come from the source frame, while the layers after
+    it, conditioned on the edited text, change the appearance."""
+
+    def __init__(self, name: str, store: AttentionStore) -> None:
+        self.name = name
+        self.store = store
+
+    def __call__(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        store = self.store
+        if not store.inject:
+            return None
+        if not store.keyframes:
+            store.features[self.name] = output.detach()
+            return None
+        return per_frame(store.features[self.name], output.shape[0]).to(output.dtype)
+
+
 class CrossFrameProcessor:
     """attn1 (self-attention) processor for cross-frame attention.
 
@@ -123,18 +161,14 @@ class CrossFrameProcessor:
             store.frame_kv[self.name] = (first(hidden_states).detach(), second(hidden_states).detach())
             return self.fast(attn, hidden_states, encoder_hidden_states, attention_mask)
         reference_first, reference_second = store.frame_kv[self.name]  # (copies, HW, C)
-        copies, batch = reference_first.shape[0], hidden_states.shape[0]
-
-        def per_frame(tensor: torch.Tensor) -> torch.Tensor:  # (copies, L, C) -> (copies * frames, L, C)
-            frames = batch // copies
-            return tensor[:, None].expand(copies, frames, *tensor.shape[1:]).reshape(batch, *tensor.shape[1:])
+        batch = hidden_states.shape[0]
 
         if store.cross_frame == "maps":
-            query, key = per_frame(reference_first), per_frame(reference_second)
+            query, key = per_frame(reference_first, batch), per_frame(reference_second, batch)
             value = attn.to_v(hidden_states)
         else:
             query = attn.to_q(hidden_states)
-            key, value = per_frame(reference_first), per_frame(reference_second)
+            key, value = per_frame(reference_first, batch), per_frame(reference_second, batch)
         if store.cross_frame == "extend":
             key = torch.cat([attn.to_k(hidden_states), key], dim=1)
             value = torch.cat([attn.to_v(hidden_states), value], dim=1)
@@ -148,10 +182,25 @@ class CrossFrameProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
+def injected_layers(unet: torch.nn.Module, names: tuple[str, ...]) -> list[torch.nn.Module]:
+    """The UNet's modules of these names (as `named_modules` spells them), or a ValueError naming the ones
+    this UNet has that could be injected."""
+    modules = dict(unet.named_modules())
+    unknown = [name for name in names if name not in modules]
+    if unknown:
+        blocks = [name for name in modules if re.search(r"\.resnets\.\d+$", name)]
+        raise ValueError(f"inject_layers: this UNet has no {unknown}; its ResNet blocks: {blocks}")
+    return [modules[name] for name in names]
+
+
 @contextmanager
-def attention_store(unet: torch.nn.Module, cross_frame: CrossFrame = "off") -> Iterator[AttentionStore]:
+def attention_store(
+    unet: torch.nn.Module, cross_frame: CrossFrame = "off", inject_layers: tuple[str, ...] = ()
+) -> Iterator[AttentionStore]:
     """Install map-capturing processors on every attn2 layer (and, with cross-frame attention, the
-    cross-frame processor on every attn1 layer); restore the originals on exit."""
+    cross-frame processor on every attn1 layer; and a FeatureInjection hook on each of `inject_layers`);
+    restore the originals on exit."""
+    layers = injected_layers(unet, inject_layers)
     original = dict(unet.attn_processors)
     store = AttentionStore(cross_frame)
     processors = {}
@@ -163,7 +212,13 @@ def attention_store(unet: torch.nn.Module, cross_frame: CrossFrame = "off") -> I
         else:
             processors[name] = processor
     unet.set_attn_processor(processors)
+    hooks = [
+        layer.register_forward_hook(FeatureInjection(name, store))
+        for name, layer in zip(inject_layers, layers, strict=True)
+    ]
     try:
         yield store
     finally:
+        for hook in hooks:
+            hook.remove()
         unet.set_attn_processor(original)

@@ -139,6 +139,8 @@ def guided_keyframes(
     keyframe_negative_embeds: torch.Tensor | None = None,
     negative_until: float = 1.0,
     edit_from: float = 0.0,
+    inject_features: float = 0.0,
+    inject_layers: tuple[str, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise the reference (source frame) and every key frame from x_T in one loop.
 
@@ -150,7 +152,9 @@ def guided_keyframes(
     records its uncond maps under that negative, for the key frames' uncond copies to match; for the
     first `negative_until` of the steps only, `negative_embeds` after. With `edit_from` > 0 the key frames
     follow the reference for the first `edit_from` of the steps (the layout they share is settled there)
-    and branch from its latent, to their edited embeddings, after.
+    and branch from its latent, to their edited embeddings, after. For the first `inject_features` of the
+    steps the key frames take the reference pass's output of each of `inject_layers` in place of their own
+    (Plug-and-Play's feature injection, see attention.FeatureInjection).
     Returns (source latent (1, C, h, w), key-frame latents (F, C, h, w)), both fp32.
     """
     # 1. prepare timesteps and the per-chunk state
@@ -167,13 +171,15 @@ def guided_keyframes(
     source = inverted_noise.clone()
     latents = [inverted_noise.expand(len(chunk), -1, -1, -1).clone() for chunk in chunks]
     shared = math.floor(edit_from * steps + 1e-9)  # steps the key frames take as the reference
+    injected = math.ceil(inject_features * steps - 1e-9) if inject_layers else 0  # steps with injection
     # 2. denoising loop: reference pass, then a guided step for each chunk of key frames
-    with attention_store(unet, cross_frame) as store:
+    with attention_store(unet, cross_frame, inject_layers if injected else ()) as store:
         for i, t in enumerate(scheduler.timesteps):
             negative = keyframe_negative_embeds if i < own_steps else negative_embeds
             reference_embeds = torch.cat([negative, caption_embeds][-copies:]).to(unet.dtype)
             # maps are recorded only on the steps the key frames take on their own (`edit_from`)
             store.mode, store.keyframes = ("record" if i >= shared else "off"), False
+            store.inject = shared <= i < injected  # nothing to inject while the key frames are the reference
             x_in = torch.cat([source] * copies).to(unet.dtype)
             noise = unet(x_in, t, encoder_hidden_states=reference_embeds).sample.float()
             noise = noise.chunk(copies)[-1] if own_negative else classifier_free_guidance(noise, cfg_scale)
@@ -189,6 +195,7 @@ def guided_keyframes(
                 latents = [source.expand(len(chunk), -1, -1, -1).clone() for chunk in chunks]
             store.reference.clear()
             store.frame_kv.clear()
+            store.features.clear()
             if callback is not None:
                 callback(i + 1, steps)
     return source, torch.cat(latents)

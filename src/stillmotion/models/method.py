@@ -101,12 +101,8 @@ def render_keyframes(
         xa_guidance=xa_guidance,
         batch_size=params.batch_size,
         callback=callback,
-        cross_frame=params.cross,
-        guidance_until=params.guidance_until,
-        guidance_schedule=params.guidance_schedule,
         keyframe_negative_embeds=keyframe_negative(sd, params, synthetic),
-        negative_until=params.empty_negative_until,
-        edit_from=params.edit_from_share,
+        **params.loop_options(),
     )
     cut = sorted({text for text, was_cut in zip(texts, truncated, strict=True) if was_cut})
     candidates = keyframes.chunk(len(guidance)) if guidance is not None else [keyframes]

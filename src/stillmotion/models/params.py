@@ -39,6 +39,9 @@ DEFAULT_XA_GUIDANCE_REAL = 0.1
 DEFAULT_XA_GUIDANCE_SYNTHETIC = 0.15
 DEFAULT_CFG_SCALE = 5.0
 DEFAULT_STEPS = 50
+# Plug-and-Play's feature-injection layer: the decoder's 4th layer, the second ResNet block of Stable
+# Diffusion's second up block (a UNet of the same layout, the toy model's, has a layer of that name too)
+DEFAULT_INJECT_LAYERS = ("up_blocks.1.resnets.1",)
 # the model defaults that are words, not numbers
 WORD_DEFAULTS = ("cross_frame", "direction", "xa_schedule", "inbetween", "negative")
 MODEL_DEFAULTS_FILE = "stillmotion.json"  # beside model_index.json: the model's own method defaults
@@ -94,6 +97,11 @@ class MethodParams:
     # the key frames follow the reference pass (the caption, unedited) for this fraction of the steps and
     # branch from its latent after; None: the model's (0: they branch from x_T, as pix2pix-zero)
     edit_from: float | None = None
+    # Plug-and-Play's feature injection: for this fraction of the steps the key frames take the reference
+    # pass's output of `inject_layers` (ResNet blocks) in place of their own, so the source frame fixes the
+    # layout and the edited text the appearance; None: the model's (0: off, as pix2pix-zero)
+    inject_features: float | None = None
+    inject_layers: tuple[str, ...] | None = None  # None: the model's, else DEFAULT_INJECT_LAYERS
 
     def __post_init__(self) -> None:
         if self.keyframes < 1:
@@ -138,6 +146,12 @@ class MethodParams:
             raise ValueError(f"negative_until must be in (0, 1], got {self.negative_until}")
         if self.edit_from is not None and not 0 <= self.edit_from < 1:
             raise ValueError(f"edit_from must be in [0, 1), got {self.edit_from}")
+        if self.inject_features is not None and not 0 <= self.inject_features <= 1:
+            raise ValueError(f"inject_features must be in [0, 1], got {self.inject_features}")
+        if self.inject_layers is not None and not (
+            self.inject_layers and all(isinstance(name, str) and name for name in self.inject_layers)
+        ):
+            raise ValueError("inject_layers must be UNet module names, e.g. up_blocks.1.resnets.1")
         if self.inbetween not in (None, "embedding", "latent"):
             raise ValueError(f"inbetween must be 'embedding' or 'latent', got {self.inbetween!r}")
 
@@ -189,6 +203,27 @@ class MethodParams:
         return 0.0 if self.edit_from is None else self.edit_from
 
     @property
+    def injection_share(self) -> float:
+        """The share of the steps with feature injection: the user's, else 0 (see `resolve`)."""
+        return 0.0 if self.inject_features is None else self.inject_features
+
+    @property
+    def injection_layers(self) -> tuple[str, ...]:
+        return self.inject_layers or DEFAULT_INJECT_LAYERS
+
+    def loop_options(self) -> dict:
+        """The `guided_keyframes` keywords these parameters set (besides steps, CFG and guidance)."""
+        return {
+            "cross_frame": self.cross,
+            "guidance_until": self.guidance_until,
+            "guidance_schedule": self.guidance_schedule,
+            "negative_until": self.empty_negative_until,
+            "edit_from": self.edit_from_share,
+            "inject_features": self.injection_share,
+            "inject_layers": self.injection_layers,
+        }
+
+    @property
     def inbetween_mode(self) -> Inbetween:
         return self.inbetween or "embedding"
 
@@ -210,12 +245,15 @@ class MethodParams:
             "inbetween": (self.inbetween_mode, "embedding"),
             "negative": (self.negative_prompt, "caption"),
             "edit_from": (self.edit_from_share, 0.0),
+            "inject_features": (self.injection_share, 0.0),
         }
         changed = {name: value for name, (value, default) in options.items() if value != default}
         if self.negative_prompt == "empty" and self.empty_negative_until != 1.0:
             changed["negative_until"] = self.empty_negative_until
         if self.edit_direction == "sentences":
             changed["direction_templates"] = list(self.templates)
+        if self.injection_share:
+            changed["inject_layers"] = list(self.injection_layers)
         return changed
 
     def resolve(self, defaults: ModelDefaults, synthetic: bool) -> tuple[MethodParams, dict[str, str]]:
@@ -223,7 +261,8 @@ class MethodParams:
         manifest) wins, else the model's own default, else pix2pix-zero's. Returns them and where each
         came from ("given", "model" or "default": pix2pix-zero's, cross-frame off), for metadata.json."""
         values, sources = {}, {}
-        xa = "xa_guidance_synthetic" if synthetic else "xa_guidance_real"
+        mode = "synthetic" if synthetic else "real"
+        xa = f"xa_guidance_{mode}"
         for name, given, default in (
             ("steps", self.steps, "steps"),
             ("cfg_scale", self.cfg_scale, "cfg_scale"),
@@ -237,6 +276,8 @@ class MethodParams:
             ("negative", self.negative, "negative"),
             ("negative_until", self.negative_until, "negative_until"),
             ("edit_from", self.edit_from, "edit_from"),
+            ("inject_features", self.inject_features, f"inject_features_{mode}"),
+            ("inject_layers", self.inject_layers, "inject_layers"),
         ):
             values[name] = given if given is not None else getattr(defaults, default)
             source = "given" if given is not None else defaults.source_of(default)
@@ -269,6 +310,9 @@ class ModelDefaults:
     negative: str = "caption"
     negative_until: float = 1.0
     edit_from: float = 0.0
+    inject_features_real: float = 0.0  # feature injection's share of the steps, per mode as the guidance
+    inject_features_synthetic: float = 0.0
+    inject_layers: tuple[str, ...] = DEFAULT_INJECT_LAYERS
     from_model: frozenset[str] = frozenset()  # the names the model folder set
 
     def source_of(self, name: str) -> str:
@@ -294,8 +338,8 @@ class ModelDefaults:
             typed = {
                 name: value
                 if name in WORD_DEFAULTS
-                else tuple(value)
-                if name == "direction_templates"
+                else _strings(value)
+                if name in ("direction_templates", "inject_layers")
                 else _whole(name, value)
                 if name == "steps"
                 else float(value)
@@ -316,10 +360,18 @@ class ModelDefaults:
                 negative=defaults.negative,
                 negative_until=defaults.negative_until,
                 edit_from=defaults.edit_from,
+                inject_features=defaults.inject_features_real,
+                inject_layers=defaults.inject_layers,
             )
+            MethodParams(inject_features=defaults.inject_features_synthetic)
         except (ValueError, TypeError) as error:
             raise ValueError(f"{path}: {error}") from None
         return defaults
+
+
+def _strings(value) -> tuple:
+    """A list of strings from JSON as a tuple; one string alone as a tuple of it (not of its letters)."""
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _whole(name: str, value) -> int:

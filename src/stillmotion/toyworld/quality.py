@@ -51,12 +51,17 @@ class EditScore:
     worst_over_mean: float
     seconds: float
     last_iou: float = 0.0  # mask IoU of the last key frame against the source
-    detour: bool = False  # some frame's hue leaves the short arc from the source's hue to the target's
+    # some frame's hue leaves the short arc from the source's hue to the target's and is nearer a third
+    # named colour than to both endpoints (issue 14's definition: red -> blue through green)
+    detour: bool = False
     hollow: bool = False  # the last frame is empty, or its shape covers under HOLLOW of the source's area
     insert_seconds: float = 0.0  # making and decoding the frames from the key frames (the insertion)
     insertion: str = "spline"
-    key_detour: bool = False  # a key frame's hue is off the path (the frames the embeddings make)
-    spline_detour: bool = False  # a frame between key frames is off the path (latent interpolation)
+    key_detour: bool = False  # a key frame detours (the frames the embeddings make)
+    spline_detour: bool = False  # a frame between key frames detours (latent interpolation)
+    # some frame's hue leaves the short arc by more than DETOUR_DEGREES, a third colour or not (a green
+    # -> blue edit that runs on to violet, 290 degrees, nearer blue than red: an overshoot, not a detour)
+    overshoot: bool = False
     recon_iou: float = 0.0  # the reference pass (x_T denoised with the caption, no edit) against the source
     recon_colour_ok: bool = False  # ... keeps the source's colour
     vae_iou: float = 0.0  # the VAE alone (encode, decode) against the source: the floor of any edit's error
@@ -68,18 +73,38 @@ class EditScore:
 def off_path(hue: float, start: float, end: float, tolerance: float = DETOUR_DEGREES) -> bool:
     """Whether `hue` lies more than `tolerance` degrees outside the shorter arc of the hue circle from
     `start` to `end`: a red -> blue edit may pass through magenta, not green; red -> green may pass
-    yellow, which lies between them."""
+    yellow, which lies between them. Where the two arcs differ by less than `tolerance` (hues nearly
+    opposite, as yellow and blue: 170 and 190 degrees, or the other way round once a source's hue is
+    jittered) neither is the short way, and a hue on either is on the path."""
 
     def ahead(a: float, b: float) -> float:  # degrees from a to b, anticlockwise, in [0, 360)
         return (b - a) % 360
 
     span = ahead(start, end)
+    if abs(360 - 2 * span) < tolerance:  # nearly opposite: both ways are the path
+        return False
     if span > 180:  # the short way is clockwise: mirror everything
         hue, start, end, span = -hue, -start, -end, 360 - span
     offset = ahead(start, hue)
     if offset <= span:
         return False
     return min(offset - span, 360 - offset) > tolerance
+
+
+def third_colour(hue: float, start: float, end: float) -> bool:
+    """Whether `hue` is nearer some named colour than to both the `start` and the `end` hue."""
+
+    def apart(a: float, b: float) -> float:
+        return min((a - b) % 360, (b - a) % 360)
+
+    nearest = min(apart(hue, named) for named in COLOURS.values())
+    return nearest < min(apart(hue, start), apart(hue, end))
+
+
+def detours(hue: float | None, start: float, end: float) -> bool:
+    """A detour: off the short arc from `start` to `end` (see `off_path`) and nearer a third named colour
+    than to both ends."""
+    return hue is not None and off_path(hue, start, end) and third_colour(hue, start, end)
 
 
 def edit_prompts(truth: Truth, count: int = 3, sized: bool = True) -> list[tuple[str, str]]:
@@ -102,7 +127,10 @@ class Source:
         return self.truth.caption if self.sized else f"a {self.truth.colour} {self.truth.shape}"
 
 
-def unseen_sources(count: int, seed: int = 4321) -> list[Source]:
+UNSEEN_SEED = 4321  # the unseen sources every sweep in benchmarks/RESULTS.md is measured on
+
+
+def unseen_sources(count: int, seed: int = UNSEEN_SEED) -> list[Source]:
     """Sources not drawn like the training data: sizes outside its two ranges, hues jittered twice as
     far, drawn at 2-4x the resolution and resized to the model's (as a photo would be), and half of
     the captions without a size word."""
@@ -182,12 +210,8 @@ def score_source(
                 params.cfg,
                 weight,
                 batch_size=params.batch_size,
-                cross_frame=params.cross,
-                guidance_until=params.guidance_until,
-                guidance_schedule=params.guidance_schedule,
                 keyframe_negative_embeds=keyframe_negative(sd, params, synthetic=False),
-                negative_until=params.empty_negative_until,
-                edit_from=params.edit_from_share,
+                **params.loop_options(),
             )
             segments = [
                 inbetween_latents(source_latent, keyframes[i * denoised : (i + 1) * denoised], params)
@@ -213,7 +237,8 @@ def score_source(
             ]
             smooth = temporal_smoothness(frames)
             ious = [mask_iou(v.mask, source_mask) for v in verdicts]
-            off = [v.hue is not None and off_path(v.hue, source_hue, COLOURS[colour]) for v in verdicts]
+            target_hue = COLOURS[colour]
+            off = [detours(v.hue, source_hue, target_hue) for v in verdicts]
             scores.append(
                 EditScore(
                     truth,
@@ -232,9 +257,10 @@ def score_source(
                     hollow=bool(last.colour is None or last.mask.sum() < HOLLOW * source_mask.sum()),
                     insert_seconds=insert_seconds,
                     insertion=insertion,
-                    key_detour=any(
-                        hue is not None and off_path(hue, source_hue, COLOURS[colour]) for hue in key_hues
+                    overshoot=any(
+                        v.hue is not None and off_path(v.hue, source_hue, target_hue) for v in verdicts
                     ),
+                    key_detour=any(detours(hue, source_hue, target_hue) for hue in key_hues),
                     spline_detour=any(off[j] for j in range(1, len(off)) if j not in key_index),
                     recon_iou=float(ious[0]),
                     recon_colour_ok=verdicts[0].colour == truth.colour,
@@ -311,6 +337,7 @@ def summarize(scores: list[EditScore], by_shape: bool = False) -> list[dict]:
                 "colour_fidelity": float(np.mean([s.colour_ok for s in group])),
                 "last_iou": float(np.mean([s.last_iou for s in group])),
                 "detours": float(np.mean([s.detour for s in group])),
+                "overshoots": float(np.mean([s.overshoot for s in group])),
                 "hollow_last": float(np.mean([s.hollow for s in group])),
                 "key_detours": float(np.mean([s.key_detour for s in group])),
                 "spline_detours": float(np.mean([s.spline_detour for s in group])),
