@@ -209,3 +209,4 @@ def test_a_detour_passes_a_third_colour_and_an_overshoot_need_not():
     assert off_path(295, green, blue) and not detours(295, green, blue)
     assert off_path(red + 20, yellow, green) and detours(red + 20, yellow, green)  # on to orange-red
     assert not detours(yellow, red, green) and not detours(None, red, green)  # on the arc; no foreground
+    assert not detours(blue + 10, 211, yellow)  # back past a blue source, still blue: not a third colour

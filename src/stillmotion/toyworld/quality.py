@@ -92,13 +92,19 @@ def off_path(hue: float, start: float, end: float, tolerance: float = DETOUR_DEG
 
 
 def third_colour(hue: float, start: float, end: float) -> bool:
-    """Whether `hue` is nearer some named colour than to both the `start` and the `end` hue."""
+    """Whether `hue` is nearer some third named colour than to both ends' named colours (those nearest
+    `start` and `end`: a blue source's frame that strays further into blue is no third colour; a tie is
+    not nearer)."""
 
     def apart(a: float, b: float) -> float:
         return min((a - b) % 360, (b - a) % 360)
 
-    nearest = min(apart(hue, named) for named in COLOURS.values())
-    return nearest < min(apart(hue, start), apart(hue, end))
+    def named(h: float) -> str:
+        return min(COLOURS, key=lambda name: apart(h, COLOURS[name]))
+
+    ends = {named(start), named(end)}
+    third = min(apart(hue, COLOURS[name]) for name in COLOURS if name not in ends)
+    return third < min(apart(hue, COLOURS[name]) for name in ends)
 
 
 def detours(hue: float | None, start: float, end: float) -> bool:
