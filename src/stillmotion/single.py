@@ -45,7 +45,14 @@ def resolved(request: VideoRequest, defaults: ModelDefaults) -> tuple[VideoReque
 
 def check_for_model(sd: StableDiffusion, request: VideoRequest) -> None:
     """A ValueError, before any work, for a request this model cannot run (an injected layer it lacks)."""
-    params = resolved(request, ModelDefaults.of_folder(sd.path) if sd.path else ModelDefaults())[0].params
+    _check_layers(sd, resolved(request, _defaults(sd))[0].params)
+
+
+def _defaults(sd: StableDiffusion) -> ModelDefaults:
+    return ModelDefaults.of_folder(sd.path) if sd.path else ModelDefaults()
+
+
+def _check_layers(sd: StableDiffusion, params) -> None:
     if params.injection_share:
         injected_layers(sd.unet, params.injection_layers)
 
@@ -56,9 +63,9 @@ def generate_video(
     """Run the whole method for one request; returns (files, metadata) ready to be written."""
     timings: dict[str, float] = {}
     report = progress or (lambda stage, done, total: None)
-    check_for_model(sd, request)
-    request, sources = resolved(request, ModelDefaults.of_folder(sd.path) if sd.path else ModelDefaults())
+    request, sources = resolved(request, _defaults(sd))
     params = request.params
+    _check_layers(sd, params)  # before the inversion: a layer the UNet lacks fails at once
 
     def step(stage: str):
         return lambda done, total: report(stage, done, total)
