@@ -1,8 +1,11 @@
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# model folders' file hashes (models/identity.py) cached in a folder of the test session, not the user's
+os.environ.setdefault("STILLMOTION_CACHE_DIR", tempfile.mkdtemp(prefix="stillmotion-test-cache-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

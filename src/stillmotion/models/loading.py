@@ -9,27 +9,26 @@ message when the weights are not cached); everything then loads from that folder
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .errors import DeviceNotAvailable, ModelNotAvailable  # noqa: F401 - also imported from here
-from .params import ModelDefaults
+from .errors import DeviceNotAvailable, ModelNotAvailable
+from .identity import (  # noqa: F401 - model identity lives in the light module; imported from here too
+    DEFAULT_CAPTIONER,
+    DEFAULT_MODEL,
+    LOCAL_REVISION_PREFIX,
+    ModelInfo,
+    captioner_identity,
+    default_model,
+    fingerprint_folder,
+    inspect_model,
+    resolve_model,
+)
 
-DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
-DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
-
-_WEIGHT_IGNORE = ["*.bin", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.pb", "*fp16*", "*non_ema*", "*.md"]
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def default_model() -> str:
-    return os.environ.get("STILLMOTION_MODEL", DEFAULT_MODEL)
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -63,93 +62,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}")
     return _DTYPES[dtype]
-
-
-LOCAL_REVISION_PREFIX = "local-"  # the revision of a local folder: this prefix + a content fingerprint
-
-
-def resolve_model(model: str, revision: str | None = None) -> tuple[Path, str]:
-    """A model id or folder to (local folder, revision): the hub commit, or a content fingerprint.
-
-    With `revision`, the result must be that revision: a hub id is fetched at that commit, and a
-    folder whose files no longer match it raises ModelNotAvailable rather than load other weights.
-    """
-    if Path(model).expanduser().is_dir():
-        path = Path(model).expanduser().resolve()
-        found = LOCAL_REVISION_PREFIX + fingerprint_folder(path)
-        if revision is not None and found != revision:
-            raise ModelNotAvailable(
-                f"model folder {path} has changed: its files are now {found}, the run keyed {revision}"
-            )
-        return path, found
-    from huggingface_hub import snapshot_download
-
-    try:
-        path = Path(snapshot_download(model, revision=revision, ignore_patterns=_WEIGHT_IGNORE))
-    except Exception as error:  # noqa: BLE001 - the hub raises many kinds; all mean "not available"
-        at = f" at revision {revision}" if revision else ""
-        raise ModelNotAvailable(
-            f"model {model!r}{at} is not a local folder and could not be fetched from the Hugging Face Hub "
-            f"({type(error).__name__}). Offline, pass --model with a local folder "
-            f"(`stillmotion make-tiny-model DIR` writes a tiny one)."
-        ) from None
-    return path, path.name  # the snapshot folder is named by its commit hash
-
-
-_FINGERPRINTS: dict[tuple, str] = {}
-
-
-def fingerprint_folder(path: Path) -> str:
-    """A short hash of a model folder's config and weight files (contents, not paths or times)."""
-    files = sorted(
-        p for p in path.rglob("*") if p.is_file() and p.suffix in {".json", ".txt", ".safetensors"}
-    )
-    memo = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    if memo not in _FINGERPRINTS:
-        digest = hashlib.sha256()
-        for file in files:
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-            with open(file, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 22), b""):  # noqa: B023
-                    digest.update(block)
-        _FINGERPRINTS[memo] = digest.hexdigest()[:16]
-    return _FINGERPRINTS[memo]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What identifies a model in cache keys and metadata, read from its configs (no weights loaded)."""
-
-    model_id: str
-    revision: str
-    path: str
-    image_size: int  # pixels: unet sample_size x VAE scale factor
-    defaults: ModelDefaults = ModelDefaults()  # the method values that travel with the model
-
-
-def inspect_model(model: str | None = None) -> ModelInfo:
-    """Resolve a model id or folder and read its size from the configs; loads no weights."""
-    model = model or default_model()
-    path, revision = resolve_model(model)
-    try:
-        unet = json.loads((path / "unet" / "config.json").read_text())
-        vae = json.loads((path / "vae" / "config.json").read_text())
-    except FileNotFoundError as error:
-        raise ModelNotAvailable(f"model folder {path} is not a Stable Diffusion model: {error}") from None
-    try:
-        defaults = ModelDefaults.of_folder(path)
-    except ValueError as error:
-        raise ModelNotAvailable(str(error)) from None
-    size = unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
-    return ModelInfo(model, revision, str(path), size, defaults)
-
-
-def captioner_identity(sd_path: Path | str | None) -> tuple[str, Path, str]:
-    """(id, local folder, revision) of the captioner that goes with a model folder."""
-    local = Path(sd_path) / "captioner" if sd_path is not None else None
-    model_id = str(local) if local is not None and local.is_dir() else DEFAULT_CAPTIONER
-    path, revision = resolve_model(model_id)
-    return model_id, path, revision
 
 
 @dataclass
