@@ -57,7 +57,8 @@ def test_generate_writes_a_complete_video(tiny_model_dir, image_path, tmp_path):
     assert metadata["frame_count"] == 7 and metadata["segments"] == 2 and metadata["fps"] == 8
     assert metadata["caption_source"] == "blip" and metadata["caption"].startswith("a photography of")
     assert metadata["model"]["revision"].startswith("local-")
-    assert metadata["fit"]["original_size"] == [70, 50] and metadata["fit"]["crop_box"] == [13, 0, 77, 64]
+    assert metadata["fit"]["original_size"] == [70, 50]
+    assert metadata["fit"]["crop_box"] == [10, 0, 60, 50]  # the centre square, cropped before the resize
     assert metadata["input"]["image_sha256"] == sha256(image_path.read_bytes())
     for name in names:
         if name != "metadata.json":

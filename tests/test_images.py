@@ -1,5 +1,6 @@
 """Source images (DESIGN 1.1): every awkward but valid input is oriented, converted to RGB and
-fitted to a square of the model size; unusable bytes raise ImageError with a readable reason.
+fitted to a square of the model size (the center square cropped first, then resized); unusable bytes
+and images past the bounds of stillmotion.limits raise ImageError with a readable reason.
 
 All images are generated here with PIL/numpy; nothing touches the network or the disk beyond
 in-memory buffers."""
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 
 import numpy as np
 import PIL.features
@@ -15,9 +18,11 @@ import PIL.Image
 import pytest
 import torch
 
+from stillmotion.limits import MAX_IMAGE_ASPECT, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
 from stillmotion.models.images import (
     Fit,
     ImageError,
+    check_image_size,
     fit_image,
     open_image,
     pil_to_tensor,
@@ -198,9 +203,9 @@ def test_sixteen_bit_grayscale_png_scaled_to_eight_bit():
 
 
 def test_sixteen_bit_values_exact():
-    values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    values = np.tile(np.array([0, 257, 32768, 65535], dtype=np.uint16), (16, 4))  # 16x16: within bounds
     out = np.asarray(to_rgb(reopen(PIL.Image.fromarray(values), "PNG")))
-    assert out[0, :, 0].tolist() == [0, 1, 128, 255]
+    assert out[0, :4, 0].tolist() == [0, 1, 128, 255]
     assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
 
 
@@ -284,7 +289,10 @@ def test_exif_orientation_applied(orientation, displayed_size, corner):
     array, record = fit(image)
     assert record.exif_transposed is True
     assert record.original_size == displayed_size
-    assert record.resized_size == displayed_size  # the short side is already SIZE
+    margin = (max(displayed_size) - SIZE) // 2  # the short side is already SIZE: the crop is the resize
+    assert record.crop_box == (
+        (margin, 0, margin + SIZE, SIZE) if displayed_size[0] > SIZE else (0, margin, SIZE, margin + SIZE)
+    )
     assert marker_corner(array) == corner
 
 
@@ -315,12 +323,15 @@ def test_upright_or_invalid_orientation_is_not_transposed(orientation):
 # ----------------------------------------------------------------------------- sizes
 
 
-def test_one_by_one():
-    array, record = fit(reopen(PIL.Image.new("RGB", (1, 1), (12, 34, 56)), "PNG"))
-    assert record.original_size == (1, 1)
-    assert record.resized_size == (SIZE, SIZE)
-    assert record.crop_box == (0, 0, SIZE, SIZE)
+def test_one_by_one_pixel_fits_but_is_refused_as_a_file():
+    # fit_image fits any PIL image; open_image, the door every input comes through, refuses this one
+    array, record = fit(PIL.Image.new("RGB", (1, 1), (12, 34, 56)))
+    assert record.original_size == (1, 1) and record.crop_box == (0, 0, 1, 1)
     assert np.abs(array.astype(int) - (12, 34, 56)).max() <= 1
+    with pytest.raises(
+        ImageError, match=f"is 1x1 px: its short side is under the minimum of {MIN_IMAGE_SIDE} px"
+    ):
+        reopen(PIL.Image.new("RGB", (1, 1)), "PNG")
 
 
 @pytest.mark.parametrize("size", [(1, 500), (500, 1)])
@@ -331,16 +342,11 @@ def test_very_thin_image_keeps_its_center(size):
     strip[: long * 2 // 5] = RED
     strip[long * 2 // 5 : long * 3 // 5] = (0, 255, 0)
     strip[long * 3 // 5 :] = BLUE
-    array_in = strip[:, None, :] if size == (1, 500) else strip[None, :, :]
-    image = reopen(PIL.Image.fromarray(array_in), "PNG")
+    image = PIL.Image.fromarray(strip[:, None, :] if size == (1, 500) else strip[None, :, :])
     assert image.size == size
     array, record = fit(image)
     assert record.original_size == size
-    assert record.resized_size == ((SIZE, SIZE * 500) if size == (1, 500) else (SIZE * 500, SIZE))
-    offset = (SIZE * 500 - SIZE) // 2
-    assert record.crop_box == (
-        (0, offset, SIZE, offset + SIZE) if size == (1, 500) else (offset, 0, offset + SIZE, SIZE)
-    )
+    assert record.crop_box == ((0, 249, 1, 250) if size == (1, 500) else (249, 0, 250, 1))  # one pixel
     assert np.abs(array.astype(int) - (0, 255, 0)).max() <= 2
 
 
@@ -350,9 +356,108 @@ def test_huge_image():
     del image
     array, record = fit(opened)
     assert record.original_size == (4000, 3000)
-    assert record.resized_size == (85, 64)  # 4000 * 64 / 3000 = 85.3
-    assert record.crop_box == (10, 0, 74, 64)
+    assert record.crop_box == (500, 0, 3500, 3000)  # the center square of the original
     assert_halves(array, RED, BLUE, tol=12)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims `width`x`height` in its header, with no real pixel data behind it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "reason"),
+    [
+        ((1, 40000), "is 1x40000 px: aspect ratio 40000:1 is over the limit of 8:1"),
+        ((40000, 1), "is 40000x1 px: aspect ratio 40000:1 is over the limit of 8:1"),
+        ((900, 100), "is 900x100 px: aspect ratio 9:1 is over the limit of 8:1"),
+        ((1, 1), "is 1x1 px: its short side is under the minimum of 16 px"),
+        ((15, 20), "is 15x20 px: its short side is under the minimum of 16 px"),
+        ((11000, 10000), "is 11000x10000 px: 110,000,000 pixels is over the limit of 100,000,000"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow warns over 89.5M pixels
+def test_images_past_a_bound_are_refused_naming_it(size, reason):
+    assert (MAX_IMAGE_PIXELS, MAX_IMAGE_ASPECT, MIN_IMAGE_SIDE) == (
+        100_000_000,
+        8.0,
+        16,
+    )  # the messages' numbers
+    with pytest.raises(ImageError) as info:
+        open_image(png_header(*size), "photos/x.png")
+    assert str(info.value) == f"image photos/x.png {reason}"
+
+
+@pytest.mark.parametrize("size", [(16, 16), (16, 128), (128, 16), (6000, 1000), (10000, 10000)])
+def test_sizes_on_the_bounds_are_accepted(size):
+    check_image_size(*size)  # the header check alone: these would be slow to decode here
+    if max(size) <= 128:
+        assert open_image(encode(PIL.Image.new("L", size), "PNG")).size == size
+
+
+def test_the_size_is_checked_from_the_header_before_decoding(monkeypatch):
+    # a 1x40000 PNG is 157 bytes; its pixels are never decoded
+    data = encode(PIL.Image.new("L", (1, 40000)), "PNG")
+    loads = []
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", lambda self: loads.append(self.size))
+    with pytest.raises(ImageError, match="aspect ratio"):
+        open_image(data)
+    assert loads == []
+
+
+def test_pillow_decompression_bomb_guard_stays_on(monkeypatch):
+    # Pillow refuses a header over twice PIL.Image.MAX_IMAGE_PIXELS before we see its size
+    data = encode(PIL.Image.new("RGB", (100, 100)), "PNG")
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)  # 10000 > 2 x limit
+    with pytest.raises(ImageError, match="decompression-bomb guard") as info:
+        open_image(data)
+    assert "refused" in str(info.value)  # Pillow's limit is below ours: not "over the limit of 100,000,000"
+    monkeypatch.undo()  # Pillow's default (2 x 89,478,485) is above ours: what it refuses is over ours too
+    with pytest.raises(
+        ImageError, match=r"x.png is over the limit of 100,000,000 pixels \(Pillow's decompression"
+    ):
+        open_image(png_header(20000, 20000), "x.png")
+
+
+# ----------------------------------------------------------------------------- crop first, then resize
+
+
+def test_panorama_is_cropped_in_source_pixels_then_only_the_square_is_resized(monkeypatch):
+    # 6000x1000 (6:1, within bounds): the crop box is in source pixels, and the one resize sees
+    # the 1000x1000 square, never a 6000-wide image (resizing first would make a 384x64 image here,
+    # and at Stable Diffusion's 512 px a 3072x512 one; a 1x40000 strip ~31 GB)
+    rng = np.random.default_rng(4)
+    image = PIL.Image.fromarray(rng.integers(0, 256, (1000, 6000, 3), dtype=np.uint8))
+    resized_from = []
+    original_resize = PIL.Image.Image.resize
+
+    def spy(self, size, *args, **kwargs):
+        resized_from.append(self.size)
+        return original_resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(PIL.Image.Image, "resize", spy)
+    fitted, record = fit_image(image, SIZE)
+    assert resized_from == [(1000, 1000)]
+    assert record.crop_box == (2500, 0, 3500, 1000)
+    expected = original_resize(image.crop((2500, 0, 3500, 1000)), (SIZE, SIZE), PIL.Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(fitted), np.asarray(expected))
+
+
+def test_an_image_already_square_and_small_is_kept_as_is():
+    image = PIL.Image.fromarray(np.random.default_rng(5).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    fitted, record = fit_image(image, SIZE)
+    assert record.crop_box == (0, 0, SIZE, SIZE)
+    assert np.array_equal(np.asarray(fitted), np.asarray(image))  # nothing to crop or resize
 
 
 # ----------------------------------------------------------------------------- file formats
@@ -412,14 +517,6 @@ def test_unusable_bytes_raise_image_error(data, reason):
     assert isinstance(info.value, ValueError)
 
 
-def test_decompression_bomb_is_an_image_error(monkeypatch):
-    # A header claiming a gigantic size (corrupt or hostile) must not escape as a Pillow error.
-    data = encode(PIL.Image.new("RGB", (100, 100)), "PNG")
-    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)  # 10000 > 2 x limit
-    with pytest.raises(ImageError, match="cannot decode"):
-        open_image(data)
-
-
 # ----------------------------------------------------------------------------- the fit record
 
 
@@ -434,24 +531,16 @@ def test_fit_record_is_consistent(size):
     assert record.original_size == size
     assert record.original_mode == "RGB"
     assert record.exif_transposed is False
-    rw, rh = record.resized_size
-    assert min(rw, rh) == SIZE
-    # aspect ratio kept (the long side is rounded to the nearest pixel)
-    if width >= height:
-        assert abs(rw - width * SIZE / height) <= 0.5
-    else:
-        assert abs(rh - height * SIZE / width) <= 0.5
+    # the crop box is the largest square, in the original's pixels, centered (margins differ by <= 1)
     left, top, right, bottom = record.crop_box
-    assert (right - left, bottom - top) == (SIZE, SIZE)
-    assert 0 <= left and 0 <= top and right <= rw and bottom <= rh
-    # centered: the margins differ by at most one pixel
-    assert abs(left - (rw - right)) <= 1 and abs(top - (rh - bottom)) <= 1
+    assert right - left == bottom - top == min(size)
+    assert 0 <= left and 0 <= top and right <= width and bottom <= height
+    assert abs(left - (width - right)) <= 1 and abs(top - (height - bottom)) <= 1
     as_dict = record.to_dict()
     assert as_dict == {
         "original_size": [width, height],
         "original_mode": "RGB",
         "exif_transposed": False,
-        "resized_size": [rw, rh],
         "crop_box": [left, top, right, bottom],
         "size": SIZE,
     }

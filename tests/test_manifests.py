@@ -38,7 +38,7 @@ def write_manifest(url: str, rows: list[dict], types: dict[str, pa.DataType] | N
     return url
 
 
-def png_bytes(size: tuple[int, int] = (8, 6)) -> bytes:
+def png_bytes(size: tuple[int, int] = (32, 24)) -> bytes:
     buffer = io.BytesIO()
     PIL.Image.new("RGB", size, (200, 30, 30)).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -86,9 +86,9 @@ BAD_ROWS = {
     "blank source prompt": ({"source_prompt": " "}, "source_prompt", "blank"),
     "fps 0": ({"fps": 0}, "fps", "1..120"),
     "fps 121": ({"fps": 121}, "fps", "1..120"),
-    "frames below keyframes": ({"keyframes": 4, "frames": 3}, "frames", "must be >= keyframes"),
-    "keyframes 0": ({"keyframes": 0}, "keyframes", ">= 1"),
-    "steps 0": ({"steps": 0}, "steps", ">= 1"),
+    "frames below keyframes": ({"keyframes": 4, "frames": 3}, "frames", "must be in keyframes..480"),
+    "keyframes 0": ({"keyframes": 0}, "keyframes", "must be in 1..64"),
+    "steps 0": ({"steps": 0}, "steps", "must be in 1..1000"),
     "negative xa_guidance": ({"xa_guidance": -0.5}, "xa_guidance", "finite and >= 0"),
     "nan xa_guidance": ({"xa_guidance": math.nan}, "xa_guidance", "finite and >= 0"),
     "inf xa_guidance": ({"xa_guidance": math.inf}, "xa_guidance", "finite and >= 0"),

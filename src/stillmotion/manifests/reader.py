@@ -219,8 +219,8 @@ def _request(video_id: str, values: dict, url: str) -> VideoRequest:
             source_prompt=source_prompt,
             caption=caption if caption and caption.strip() else None,
         )
-    except ValueError as error:  # the checks above should make this unreachable
-        raise _RowFailure("prompts" if "prompt" in str(error) else "image", str(error)) from None
+    except ValueError as error:  # a bound of stillmotion.limits (named first), or a check above missed
+        raise _failure_of(error, "prompts" if "prompt" in str(error) else "image") from None
 
 
 def _params(video_id: str, values: dict) -> MethodParams:
@@ -241,9 +241,16 @@ def _params(video_id: str, values: dict) -> MethodParams:
     try:
         return MethodParams(seed=seed, **numbers, **words)
     except ValueError as error:
-        # MethodParams names the field first ("fps must be in 1..120, got 0")
-        first_word = str(error).split(" ", 1)[0]
-        raise _RowFailure(first_word if first_word in MANIFEST_COLUMNS else "params", str(error)) from None
+        raise _failure_of(error, "params") from None
+
+
+def _failure_of(error: ValueError, fallback: str) -> _RowFailure:
+    """The row failure of a ValueError that names its field first: "fps must be in 1..120, got 0" or
+    "prompts: at most 32 prompts per video, got 40" (the column, then a colon, is not repeated)."""
+    text = str(error)
+    first_word = text.split(" ", 1)[0]
+    column = first_word.rstrip(":") if first_word.rstrip(":") in MANIFEST_COLUMNS else fallback
+    return _RowFailure(column, text.removeprefix(f"{column}: "))
 
 
 def _as_int(name: str, value: object) -> int:

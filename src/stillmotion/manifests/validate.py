@@ -1,4 +1,8 @@
-"""`stillmotion validate`: every bad row of a manifest, with its images opened and fully decoded."""
+"""`stillmotion validate`: every bad row of a manifest, with the run's own checks.
+
+The reader's (every column, and the bounds of stillmotion.limits on numbers, lists and texts), then each
+image's: its size against the image bounds, from its header, and a full decode.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from .schema import ManifestRow, RowError
 def check_rows(
     url: str, storage_options: dict | None = None, check_images: bool = True
 ) -> Iterator[tuple[ManifestRow, RowError | None]]:
-    """Every row with its error (None when valid); with check_images an undecodable image is an error."""
+    """Every row with its error (None when valid); with check_images, images out of bounds or undecodable."""
     for row in iter_manifest(url, storage_options):
         if row.error is not None or not check_images or row.request is None or row.request.image is None:
             yield row, row.error

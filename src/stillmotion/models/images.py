@@ -1,4 +1,8 @@
-"""Source images: orientation, colour conversion and the fit to the model's size (DESIGN 1.1)."""
+"""Source images: size bounds, orientation, colour conversion and the fit to the model's size (DESIGN 1.1).
+
+image = open_image(data, "photos/cat.jpg")  # ImageError past a bound of stillmotion.limits
+fitted, fit = fit_image(image, 512)  # center square of the original, then resized to 512x512
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import PIL.Image
 
+from ..limits import MAX_IMAGE_ASPECT, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
+
 
 class ImageError(ValueError):
-    """An input image that cannot be used (missing, empty, corrupt or not an image)."""
+    """An input image that cannot be used (missing, empty, corrupt, not an image, or out of bounds)."""
 
 
 # What Pillow raises for bytes it cannot decode (UnidentifiedImageError is an OSError);
@@ -25,35 +31,64 @@ class Fit:
     original_size: tuple[int, int]  # (width, height) after EXIF orientation
     original_mode: str  # PIL mode before conversion to RGB
     exif_transposed: bool  # whether the EXIF orientation tag rotated/flipped the image
-    resized_size: tuple[int, int]  # (width, height) after resizing the short side
-    crop_box: tuple[int, int, int, int]  # (left, top, right, bottom) of the center crop
-    size: int  # final side length
+    crop_box: tuple[int, int, int, int]  # (left, top, right, bottom) of the center square, original pixels
+    size: int  # side length the square was resized to
 
     def to_dict(self) -> dict:
         return {
             "original_size": list(self.original_size),
             "original_mode": self.original_mode,
             "exif_transposed": self.exif_transposed,
-            "resized_size": list(self.resized_size),
             "crop_box": list(self.crop_box),
             "size": self.size,
         }
 
 
+def check_image_size(width: int, height: int, name: str | None = None) -> None:
+    """ImageError naming the bound for a size past stillmotion.limits (pixels, aspect ratio, short side)."""
+    what = f"image {name}" if name else "image"
+    short, long = sorted((width, height))
+    if short < 1:
+        raise ImageError(f"{what} has no pixels ({width}x{height})")
+    if width * height > MAX_IMAGE_PIXELS:
+        reason = f"{width * height:,} pixels is over the limit of {MAX_IMAGE_PIXELS:,}"
+    elif long / short > MAX_IMAGE_ASPECT:
+        reason = f"aspect ratio {_ratio(long / short)}:1 is over the limit of {_ratio(MAX_IMAGE_ASPECT)}:1"
+    elif short < MIN_IMAGE_SIDE:
+        reason = f"its short side is under the minimum of {MIN_IMAGE_SIDE} px"
+    else:
+        return
+    raise ImageError(f"{what} is {width}x{height} px: {reason}")
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
 def open_image(data: bytes, name: str | None = None) -> PIL.Image.Image:
-    """Decode image bytes fully; raises ImageError with a readable reason naming `name` (a path)."""
+    """Decode image bytes fully, once their header's size is within bounds (`check_image_size`).
+
+    Raises ImageError with a readable reason naming `name` (a path). Pillow's own decompression-bomb
+    guard (PIL.Image.MAX_IMAGE_PIXELS) stays on: it refuses a header before we see its size.
+    """
     what = f"image {name}" if name else "image"
     if not data:
         raise ImageError(f"{what} is empty (0 bytes)")
     try:
-        image = PIL.Image.open(io.BytesIO(data))
-        image.load()
+        image = PIL.Image.open(io.BytesIO(data))  # reads the header only
     except PIL.UnidentifiedImageError:  # its message shows the BytesIO object, not the file
         raise ImageError(f"cannot decode {what}: not a known image format") from None
+    except PIL.Image.DecompressionBombError as error:  # over twice PIL.Image.MAX_IMAGE_PIXELS
+        over_ours = 2 * (PIL.Image.MAX_IMAGE_PIXELS or 0) >= MAX_IMAGE_PIXELS
+        bound = f"is over the limit of {MAX_IMAGE_PIXELS:,} pixels" if over_ours else "is refused"
+        raise ImageError(f"{what} {bound} (Pillow's decompression-bomb guard: {error})") from None
     except _DECODE_ERRORS as error:
         raise ImageError(f"cannot decode {what}: {error}") from None
-    if image.width < 1 or image.height < 1:
-        raise ImageError(f"{what} has no pixels ({image.width}x{image.height})")
+    check_image_size(image.width, image.height, name)  # before a single pixel is decoded
+    try:
+        image.load()
+    except _DECODE_ERRORS as error:
+        raise ImageError(f"cannot decode {what}: {error}") from None
     return image
 
 
@@ -80,7 +115,11 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
 
 
 def fit_image(image: PIL.Image.Image, size: int) -> tuple[PIL.Image.Image, Fit]:
-    """EXIF-orient, convert to RGB, resize the short side to `size` and center-crop a square."""
+    """EXIF-orient, convert to RGB, center-crop a square of the short side and resize it to `size`.
+
+    Cropping first means the resize only ever sees the square: a long thin image costs no huge resize.
+    Size bounds are `open_image`'s: any PIL image fits here (a 1x1 pixel becomes a flat square).
+    """
     # 1. orientation
     # (PIL.ImageOps.exif_transpose also re-serialises the EXIF block, which raises on a corrupt tag
     # elsewhere in it; only the pixels matter here.)
@@ -89,18 +128,15 @@ def fit_image(image: PIL.Image.Image, size: int) -> tuple[PIL.Image.Image, Fit]:
     oriented = image.transpose(method) if transposed else image
     mode = image.mode
     rgb = to_rgb(oriented)
-    # 2. resize the short side (keeping the aspect ratio, at least 1 pixel on the long side)
+    # 2. center square of the short side, in the original's pixels
     width, height = rgb.size
-    scale = size / min(width, height)
-    resized_size = (max(size, round(width * scale)), max(size, round(height * scale)))
-    resized = rgb.resize(resized_size, PIL.Image.Resampling.LANCZOS)
-    # 3. center crop
-    left = (resized_size[0] - size) // 2
-    top = (resized_size[1] - size) // 2
-    box = (left, top, left + size, top + size)
-    fitted = resized.crop(box)
-    fit = Fit((width, height), mode, transposed, resized_size, box, size)
-    return fitted, fit
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    box = (left, top, left + side, top + side)
+    square = rgb.crop(box)
+    # 3. resize the square
+    fitted = square.resize((size, size), PIL.Image.Resampling.LANCZOS)
+    return fitted, Fit((width, height), mode, transposed, box, size)
 
 
 # EXIF orientation -> the transpose that displays the image upright (as PIL.ImageOps.exif_transpose)
