@@ -1,7 +1,6 @@
 """The batch flow on the tiny model: results, failures, publishing, caching and resume."""
 
 import json
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -170,16 +169,18 @@ def test_rerun_recomputes_nothing_and_loads_no_model(tiny_model_dir, inputs, tmp
     assert task_states(state) == {}
     assert all(row["cached"] for row in results(output))
 
-    # 2. a published video lost: only publishing runs again, every stage comes from the cache
+    # 2. a published video lost: its stages run again, each finds its own artifact: nothing is computed
+    #    (no Prefect cache: the artifact store is the only one)
     fsspec.filesystem("file").rm(f"{output}/b", recursive=True)
     state = batch_flow(manifest, output, model=str(tiny_model_dir), return_state=True)
     assert COMPUTED == before
     states = task_states(state)
-    assert states.pop("publish") == ["Completed"] and states.pop("source") == ["Completed"]
-    assert all(names == ["Cached"] for names in states.values()), states
+    assert set(states) == {"source", "caption", "invert", "keyframes", "frames", "publish"}, states
+    assert all(names == ["Completed"] for names in states.values()), states
     assert (Path(output) / "b" / "metadata.json").exists()
 
-    # 3. one row's prompts change: only its key frames and what follows are recomputed
+    # 3. one row's prompts change: it is made again without --force, and only its key frames and what
+    #    follows are recomputed (caption and inversion reused)
     write_manifest(
         inputs / "manifest.parquet",
         [
@@ -189,10 +190,14 @@ def test_rerun_recomputes_nothing_and_loads_no_model(tiny_model_dir, inputs, tmp
         ],
     )
     before = COMPUTED.copy()
-    batch_flow(
-        manifest, output, model=str(tiny_model_dir), force=False, cache=None, limit=None, **{"in_flight": 2}
-    )  # b is complete under its old prompts: --force is how to redo it
-    assert COMPUTED == before
+    summary = batch_flow(manifest, output, model=str(tiny_model_dir), in_flight=2)
+    assert COMPUTED - before == {"keyframes": 1, "frames": 1, "encode": 1, "scores": 1}
+    assert summary["done"] == 1 and summary["cached"] == 2 and summary["changed"] == 1
+    table = {row["video_id"]: row for row in results(output)}
+    assert table["b"]["status"] == "ok" and table["b"]["changed"] and not table["b"]["cached"]
+    assert table["a"]["cached"] and not table["a"]["changed"]
+    metadata = json.loads((Path(output) / "b" / "metadata.json").read_text())
+    assert metadata["prompts"] == ["a cat", "a fish"] and metadata["fingerprint"] == table["b"]["fingerprint"]
     before = COMPUTED.copy()
     batch_flow(manifest, output, model=str(tiny_model_dir), force=True)
     delta = COMPUTED - before
@@ -296,31 +301,43 @@ def test_memory_filesystem_output_and_cache(tiny_model_dir, inputs, tmp_path):
     assert COMPUTED == before  # resumed from the memory:// cache
 
 
-def test_remote_result_storage_is_configured_once_per_run(tiny_model_dir, tmp_path, monkeypatch):
+def test_no_prefect_result_record_is_written_or_read(tiny_model_dir, tmp_path, monkeypatch):
+    """The artifact store is the only cache: no result storage block, no record under CACHE/prefect, and a
+    record planted there (naming a decoder module, as Prefect's JSON serializer would import) is never
+    read: the module is not imported."""
     from prefect.filesystems import RemoteFileSystem
 
     saves = []
-    save = RemoteFileSystem.save
-
-    def counted(self, *args, **kwargs):
-        saves.append(self.basepath)
-        return save(self, *args, **kwargs)
-
-    monkeypatch.setattr(RemoteFileSystem, "save", counted)
-    rows = [{"video_id": f"r{i}", "source_prompt": "a red car", "prompts": ["a blue car"]} for i in range(3)]
+    monkeypatch.setattr(RemoteFileSystem, "save", lambda self, *a, **k: saves.append(self.basepath))
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    marker = tmp_path / "imported"
+    (modules / "planted_decoder.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    monkeypatch.syspath_prepend(str(modules))
+    rows = [{"video_id": f"r{i}", "source_prompt": "a red car", "prompts": ["a blue car"]} for i in range(2)]
     manifest = write_manifest(tmp_path / "manifest.parquet", rows)
-    output, cache = str(tmp_path / "out"), f"memory://once-{uuid.uuid4().hex}/cache"
-    state = batch_flow(
-        manifest, output, cache=cache, model=str(tiny_model_dir), chunk_rows=1, return_state=True
-    )
-    assert state.result()["done"] == 3 and len(chunk_runs(state)) == 3
-    assert saves == [f"{cache}/prefect"]  # one block for the run, not one per span
-    # a rerun with every video complete submits no task, so it configures no result storage at all
-    assert batch_flow(manifest, output, cache=cache, model=str(tiny_model_dir), chunk_rows=1)["cached"] == 3
-    assert saves == [f"{cache}/prefect"]
+    output = str(tmp_path / "out")
+    assert batch_flow(manifest, output, model=str(tiny_model_dir))["done"] == 2
+    cache = Path(output) / ".cache"
+    assert not (cache / "prefect").exists() and saves == []
+    # a record for every artifact, as a run with Prefect caching wrote them, naming a foreign decoder
+    (cache / "prefect").mkdir()
+    for artifact in (cache / "artifacts").glob("*/*.json"):
+        key = f"{artifact.parent.name}-{artifact.stem}"
+        record = {
+            "metadata": {"serializer": {"type": "json", "object_decoder": "planted_decoder.decode"}},
+            "result": json.dumps({"key": f"{artifact.parent.name}/{artifact.stem}"}),
+        }
+        (cache / "prefect" / key).write_text(json.dumps(record))
+    for video_id in ("r0", "r1"):
+        fsspec.filesystem("file").rm(f"{output}/{video_id}", recursive=True)
+    before = COMPUTED.copy()
+    assert batch_flow(manifest, output, model=str(tiny_model_dir))["done"] == 2
+    assert COMPUTED == before  # resumed from the artifacts alone
+    assert not marker.exists()
 
 
-def test_missing_artifact_is_recomputed_despite_prefect_record(tiny_model_dir, inputs, tmp_path):
+def test_missing_artifact_is_recomputed(tiny_model_dir, inputs, tmp_path):
     manifest = write_manifest(
         inputs / "manifest.parquet",
         [
@@ -381,3 +398,84 @@ def test_extra_columns_never_overwrite_result_columns(tmp_path):
     tracker.close()
     [row] = pq.read_table(tmp_path / "results.parquet").to_pylist()
     assert row["status"] == "failed" and row["error"] == "boom" and row["tag"] == "x"
+
+
+def test_a_changed_parameter_or_source_image_remakes_the_row(tiny_model_dir, inputs, tmp_path):
+    rows = [
+        {"video_id": "a", "image": "a.png", "caption": "a photo", "prompts": ["a dog"]},
+        {"video_id": "s", "source_prompt": "a red car", "prompts": ["a blue car"]},
+    ]
+    manifest = write_manifest(inputs / "manifest.parquet", rows)
+    output = str(tmp_path / "out")
+    assert batch_flow(manifest, output, model=str(tiny_model_dir))["done"] == 2
+    # frames: the frames and what follows are made again, the key frames reused
+    write_manifest(inputs / "manifest.parquet", [rows[0], {**rows[1], "frames": 3}])
+    before = COMPUTED.copy()
+    summary = batch_flow(manifest, output, model=str(tiny_model_dir))
+    assert summary["changed"] == 1 and COMPUTED - before == {"frames": 1, "encode": 1, "scores": 1}
+    assert json.loads((Path(output) / "s" / "metadata.json").read_text())["frame_count"] == 1 + 3
+    # the image replaced under the same path: made again from the new bytes
+    write_image(inputs / "a.png", seed=9)
+    before = COMPUTED.copy()
+    summary = batch_flow(manifest, output, model=str(tiny_model_dir))
+    assert summary["changed"] == 1 and {"invert", "keyframes"} <= set(COMPUTED - before)
+    table = {row["video_id"]: row for row in results(output)}
+    assert table["a"]["changed"] and table["s"]["cached"]
+
+
+def test_a_note_in_the_model_folder_recomputes_nothing(tiny_model_dir, inputs, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    manifest = write_manifest(
+        inputs / "manifest.parquet", [{"video_id": "a", "image": "a.png", "prompts": ["a dog"]}]
+    )
+    output = str(tmp_path / "out")
+    args = ["run", manifest, "--output", output, "--model", str(model), "--no-progress"]
+    assert main(args) == 0
+    (model / "notes").mkdir()
+    (model / "notes" / "x.txt").write_text("trained on the toy world, seed 0")
+    (model / "train.log").write_text("step 1 loss 0.5\n")
+    shutil.rmtree(f"{output}/a")  # the stages run again: each finds its artifact under the same key
+    before = COMPUTED.copy()
+    assert main(args) == 0
+    assert COMPUTED == before
+    assert results(output)[0]["status"] == "ok" and not results(output)[0]["changed"]
+
+
+def test_a_failure_on_the_rows_own_input_is_not_retried_until_it_changes(
+    tiny_model_dir, inputs, tmp_path, monkeypatch, capsys
+):
+    manifest = write_manifest(
+        inputs / "manifest.parquet",
+        [
+            {"video_id": "a", "image": "a.png", "caption": "a photo", "prompts": ["a dog"]},
+            {"video_id": "missing", "image": "later.png", "caption": "a photo", "prompts": ["a dog"]},
+            {"video_id": "corrupt", "image": "corrupt.png", "caption": "a photo", "prompts": ["a dog"]},
+        ],
+    )
+    output = str(tmp_path / "out")
+    args = ["run", manifest, "--output", output, "--model", str(tiny_model_dir), "--no-progress"]
+    assert main(args) == 3
+    first = {row["video_id"]: row for row in results(output)}
+    # the rerun reports the same failures without Prefect or a model: the batch flow never starts
+    import stillmotion.cli.commands as commands
+
+    monkeypatch.setattr(commands, "_run", lambda *a, **k: pytest.fail("the batch flow started"))
+    runtime.release_models()
+    assert main(args) == 3
+    again = {row["video_id"]: row for row in results(output)}
+    for video_id in ("missing", "corrupt"):
+        assert again[video_id]["status"] == "failed" and again[video_id]["cached"]
+        assert again[video_id]["error"] == first[video_id]["error"]
+    assert again["a"]["cached"] and runtime.loaded_models() == 0
+    # the missing image appears: its row is made; the corrupt one is still not retried
+    monkeypatch.undo()
+    write_image(inputs / "later.png", seed=4)
+    before = COMPUTED.copy()
+    assert main(args) == 3
+    final = {row["video_id"]: row for row in results(output)}
+    assert final["missing"]["status"] == "ok" and not final["missing"]["cached"]
+    assert final["corrupt"]["cached"] and (COMPUTED - before)["invert"] == 1
+    assert not (Path(output) / ".logs" / "missing.json").exists()  # the failure record went with it

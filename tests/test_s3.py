@@ -63,7 +63,7 @@ def test_flow_on_s3_resumes_and_leaks_no_secret(s3, tiny_model_dir, capsys):
     assert [r["status"] for r in results] == ["ok", "ok", "failed"]
     assert "s3://bucket/in/images/nope.png" in results[2]["error"]
     assert fs.exists("bucket/out/a/metadata.json") and fs.exists("bucket/out/b/video.mp4")
-    assert fs.ls("bucket/out/.cache/prefect")  # Prefect's records live under the cache URL too
+    assert not fs.exists("bucket/out/.cache/prefect")  # no Prefect result records: artifacts only
 
     # rerun: complete videos found by lookup; a lost video comes back from the S3 cache alone
     before = COMPUTED.copy()
@@ -93,9 +93,9 @@ def test_a_lease_on_s3_is_a_conditional_write_two_machines_cannot_both_take(s3, 
     here = storage.OutputStore("s3://bucket/leases", options)
     assert here.take_lease("a")
     lease = fs.cat_file("bucket/leases/.leases/a").decode()
-    held = dict(storage._HELD_LEASES)
-    monkeypatch.setattr(storage, "machine_id", lambda: "elsewhere")  # another machine, on the same bucket
-    storage._HELD_LEASES.clear()
+    held = dict(storage.leases._HELD_LEASES)
+    monkeypatch.setattr(storage.fs, "machine_id", lambda: "elsewhere")  # another machine, on the same bucket
+    storage.leases._HELD_LEASES.clear()
     there = storage.OutputStore("s3://bucket/leases", options)
     writes, real_pipe = [], there.fs.pipe_file
 
@@ -109,8 +109,8 @@ def test_a_lease_on_s3_is_a_conditional_write_two_machines_cannot_both_take(s3, 
     fs.invalidate_cache()
     assert fs.cat_file("bucket/leases/.leases/a").decode() == lease  # the holder's, untouched
     assert there.take_lease("b")  # a free row it does take
-    storage._HELD_LEASES.clear()
-    storage._HELD_LEASES.update(held)
+    storage.leases._HELD_LEASES.clear()
+    storage.leases._HELD_LEASES.update(held)
     monkeypatch.undo()
     here.release_lease("a")
     fs.invalidate_cache()

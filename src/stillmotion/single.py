@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 
@@ -25,7 +24,7 @@ from .models.candidates import render_candidates
 from .models.images import tensor_to_pil
 from .models.scoring import find_scorers, frame_prompts, load_scorers, video_scores
 from .outputs import add_candidates, image_files, mp4_bytes, sha256, video_metadata
-from .requests import VideoRequest, read_bytes  # noqa: F401 - where callers have found them
+from .requests import VideoRequest, read_bytes, resolved  # noqa: F401 - where callers have found them
 
 # stage name, steps done, steps in all
 Progress = Callable[[str, int, int], None]
@@ -35,12 +34,6 @@ def load_source(data: bytes, size: int, name: str | None = None) -> tuple[PIL.Im
     """Decode and fit image bytes (`name`, their path, for errors); the fit is returned as a dict."""
     image, fit = fit_image(open_image(data, name), size)
     return image, fit.to_dict()
-
-
-def resolved(request: VideoRequest, defaults: ModelDefaults) -> tuple[VideoRequest, dict[str, str]]:
-    """The request with the model's defaults filled in where nothing was given (MethodParams.resolve)."""
-    params, sources = request.params.resolve(defaults, request.synthetic)
-    return dataclasses.replace(request, params=params), sources
 
 
 def check_for_model(sd: StableDiffusion, request: VideoRequest) -> None:
@@ -130,7 +123,7 @@ def generate_video(
         caption_source=caption_source,
         captioner=captioner_meta,
         model={"id": sd.model_id, "revision": sd.revision},
-        device=str(sd.device),
+        device=sd.device.type,  # as the batch flow records it: the type, not the index
         dtype=str(sd.dtype).removeprefix("torch."),
         size=sd.image_size,
         frame_count=len(frames),

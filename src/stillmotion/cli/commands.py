@@ -294,11 +294,16 @@ def _storage_failures():
 def _summarise(args: argparse.Namespace, summary: dict) -> int:
     """The run's one summary line (and its failed rows on stderr); returns the exit status."""
     repaired = f" ({summary['repaired']} repaired a damaged artifact)" if summary.get("repaired") else ""
+    if summary.get("changed"):
+        repaired += f" ({summary['changed']} made again: their rows changed)"
     print(
         f"{summary['rows']} rows: {summary['done']} made{repaired}, {summary['cached']} already complete, "
         f"{summary['failed']} failed in {summary['seconds']} s; "
         f"results: {args.output.rstrip('/')}/results.parquet"
     )
+    busy = summary.get("shards", {}).get("busy")
+    if busy:  # another live run holds their leases: it packs them
+        print(f"shards left to another run packing them: {', '.join(busy)}", file=sys.stderr)
     if summary["failed"]:
         _print_failures(args.output, summary)
         return EXIT_ROWS_FAILED

@@ -21,7 +21,6 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from prefect import flow
 from prefect.context import FlowRunContext
@@ -30,10 +29,9 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from ..manifests import iter_manifest
-from ..models.loading import inspect_model, resolve_device
+from ..models.loading import resolve_device
 from ..models.scoring import find_scorers
 from ..shards import SHARD_SIZE
-from ..single import resolved
 from ..storage import DamagedArtifact, LeaseKeeper, OutputStore
 from ..tasks import (
     Job,
@@ -48,16 +46,17 @@ from ..tasks import (
     source_stage,
 )
 from ..tasks.runtime import check_gpu_slot
-from .resume import describe_complete, open_batch
+from .lookup import RowLookup
+from .resume import LOOKUP_ROWS, batched, describe_complete, open_batch
 from .tracking import RunError, RunTracker
 
 SPAN_REACH = 10  # a span of work closes at most this many x chunk_rows manifest rows past its first job
 
 
-def _stages(cache_url: str, force: bool) -> dict:
-    """The tasks with Prefect's result records under CACHE/prefect (refreshed, not read, on --force)."""
-    storage = _result_storage(f"{cache_url}/prefect")
-    tasks = {
+def _stages() -> dict:
+    """The row's tasks. No Prefect result records or cache: each stage looks its own artifact up (and
+    under --force makes it again)."""
+    return {
         "source": source_stage,
         "caption": caption_stage,
         "invert": invert_stage,
@@ -68,20 +67,6 @@ def _stages(cache_url: str, force: bool) -> dict:
         "publish": publish_stage,
         "finish": finish_stage,  # encode + scores + publish in one task run (what the flow submits)
     }
-    return {
-        name: stage.with_options(result_storage=storage, refresh_cache=force) for name, stage in tasks.items()
-    }
-
-
-def _result_storage(url: str):
-    if "://" not in url or url.startswith("file://"):
-        return Path(url.removeprefix("file://")).resolve()
-    from prefect.filesystems import RemoteFileSystem
-
-    block = RemoteFileSystem(basepath=url)  # credentials come from the environment, never the block
-    name = "stillmotion-results-" + uuid.uuid5(uuid.NAMESPACE_URL, url).hex[:12]
-    block.save(name, overwrite=True)
-    return RemoteFileSystem.load(name)
 
 
 def _is_dask(runner) -> bool:
@@ -133,6 +118,7 @@ class _Span:
     stages: dict
     in_flight: int
     add_complete: Callable  # records a row whose video exists (made by an earlier or another run)
+    lookup: RowLookup  # whether a row's video, made by another run meanwhile, is the one it asks for
 
 
 # Live spans by id. The chunk subflow takes the id, not the objects: Prefect serialises the flow run's
@@ -207,6 +193,8 @@ def _record(span: _Span, runner, row, job: Job, futures: list[PrefectFuture], st
             scores=result.get("scores"),
             prompts=job.request.prompts,
             timings=result.get("timings"),
+            fingerprint=job.fingerprint,
+            changed=job.changed,
         )
         return
     reason = outputs.read_log_reason(row.video_id)
@@ -214,7 +202,13 @@ def _record(span: _Span, runner, row, job: Job, futures: list[PrefectFuture], st
         failed = next((f for f in futures if f.state.is_failed()), published)
         reason = failed.state.message or f"task {failed.state.name}"
     tracker.add(
-        row.index, row.video_id, row.extra, status="failed", error=reason, seconds=time.monotonic() - started
+        row.index,
+        row.video_id,
+        row.extra,
+        status="failed",
+        error=reason,
+        seconds=time.monotonic() - started,
+        fingerprint=job.fingerprint,
     )
 
 
@@ -237,9 +231,9 @@ def chunk_flow(span: str, first_row: int, rows: int) -> None:
             if not s.outputs.take_lease(row.video_id):
                 elsewhere.append((row, job))
                 continue
-            if not job.force and s.outputs.is_complete(row.video_id):  # made by another run meanwhile
+            if not job.force and s.lookup.is_current(row.video_id, job.fingerprint):  # made meanwhile
                 s.outputs.release_lease(row.video_id)
-                s.add_complete(row)
+                s.add_complete(row, job.fingerprint)
                 continue
             pending.append((row, job, submit_row(s.stages, job, runner), time.monotonic()))
             while len(pending) >= s.in_flight:
@@ -261,8 +255,8 @@ def _run_span(s: _Span, runner, pending: deque, start) -> None:
         # rows another run holds: recorded once it has made them, made here if it let go (failed, died)
         waiting = []
         for row, job in elsewhere:
-            if s.outputs.is_complete(row.video_id):  # made by the run that held it (even under --force)
-                s.add_complete(row)
+            if s.lookup.is_current(row.video_id, job.fingerprint):  # made by the run that held it
+                s.add_complete(row, job.fingerprint)
             else:
                 waiting.append((row, job))
         if not waiting:
@@ -312,7 +306,7 @@ def batch_flow(
     #    once it reaches SPAN_REACH x chunk_rows manifest rows past its first job, so that rows
     #    finished meanwhile (kept in order by the tracker until that job is done) stay bounded.
     def run_span(work: list) -> None:
-        span = _open_span(_Span(work, tracker, videos, stages, in_flight, b.add_complete))
+        span = _open_span(_Span(work, tracker, videos, stages, in_flight, b.add_complete, lookup))
         try:
             # the batch flow's configured runner, not the started one of its run (which cannot be
             # serialised); Prefect runs each subflow on a fresh duplicate of it. The span's leases are
@@ -325,33 +319,50 @@ def batch_flow(
             _close_span(span)
 
     work: list = []
-    info = stages = None  # model resolved (not loaded) and tasks configured only when some row needs work
+    stages = None  # tasks configured, device checked, only when some row needs work
+    lookup = None  # the model resolved (no weights), only when some row is valid
     rows_read = iter_manifest(manifest)
+    reached: list = []  # the batch of rows being looked at (described on an interrupt)
     try:
-        for row in rows_read:
-            if row.index >= total:
-                rows_read = itertools.chain([row], rows_read)  # the first row past --limit, put back
-                break
-            if work and (len(work) >= chunk_rows or row.index - work[0][0].index >= SPAN_REACH * chunk_rows):
-                run_span(work)
-                work = []
-            if row.error is not None:
-                b.add_invalid(row)
-                continue
-            if not force and b.is_complete(row.video_id):
-                b.add_complete(row)
-                continue
-            if info is None:
-                info, stages = inspect_model(model), _stages(cache_url, force)
-                if not _is_dask(FlowRunContext.get().flow.task_runner):
-                    resolve_device(device)  # a missing GPU stops the run at once, as a missing model does
-                    check_gpu_slot(device)  # and so does a missing GPU slot, when slots are on
-                found = _scorers(info.path) if model_scores else {}
-            job = _job(
-                row, info, videos, cache_url, device, dtype, force, channels_last, compile_unet, batch_size
-            )
-            job = dataclasses.replace(job, scorers=found or None)
-            work.append((row, job))
+        for reached in batched(itertools.islice(rows_read, total), LOOKUP_ROWS):
+            valid = [row for row in reached if row.error is None]
+            if valid and lookup is None:
+                lookup = b.lookup(model, force)
+            states = dict((row.index, state) for row, state in lookup.check(valid)) if valid else {}
+            for row in reached:
+                if work and (
+                    len(work) >= chunk_rows or row.index - work[0][0].index >= SPAN_REACH * chunk_rows
+                ):
+                    run_span(work)
+                    work = []
+                if row.error is not None:
+                    b.add_invalid(row)
+                    continue
+                state = states[row.index]
+                if b.add_state(row, state):  # current, or failed before on this same input
+                    continue
+                if stages is None:
+                    stages = _stages()
+                    if not _is_dask(FlowRunContext.get().flow.task_runner):
+                        resolve_device(device)  # a missing GPU stops the run at once, as a missing model does
+                        check_gpu_slot(device)  # and so does a missing GPU slot, when slots are on
+                    found = _scorers(lookup.info.path) if model_scores else {}
+                job = _job(
+                    row,
+                    state,
+                    lookup.info,
+                    videos,
+                    cache_url,
+                    device,
+                    dtype,
+                    force,
+                    channels_last,
+                    compile_unet,
+                    batch_size,
+                )
+                job = dataclasses.replace(job, scorers=found or None)
+                work.append((row, job))
+            reached = []
         if work:
             run_span(work)
             work = []
@@ -359,7 +370,12 @@ def batch_flow(
         # results.parquet still describes every row that finished or whose video exists: the unfinished
         # rows of the interrupted span and the rows not reached are looked up, then the interrupt goes on
         unfinished = [row for row, _ in work if not tracker.has(row.index)]
-        describe_complete(videos, tracker, unfinished, b.add_complete)
+        unfinished += [
+            row
+            for row in reached
+            if not tracker.has(row.index) and row.index not in {r.index for r in unfinished}
+        ]
+        describe_complete(videos, tracker, sorted(unfinished, key=lambda r: r.index), b.add_complete)
         describe_complete(videos, tracker, (row for row in rows_read if row.index < total), b.add_complete)
         tracker.close()
         raise
@@ -380,12 +396,15 @@ def _scorers(model_path: str) -> dict:
     return {name: list(value) for name, value in found.items()}
 
 
-def _job(row, info, outputs, cache_url, device, dtype, force, channels_last, compile_unet, batch_size) -> Job:
-    request, sources = resolved(row.request, info.defaults)  # the model's defaults where none was given
+def _job(
+    row, state, info, outputs, cache_url, device, dtype, force, channels_last, compile_unet, batch_size
+) -> Job:
     return Job(
         video_id=row.video_id,
-        request=request,
-        param_sources=sources,
+        request=state.request,  # resolved: the model's defaults where none was given
+        param_sources=state.param_sources,
+        fingerprint=state.fingerprint,
+        changed=state.changed,
         output_url=outputs.url,
         cache_url=cache_url,
         model=info.model_id,

@@ -1,7 +1,8 @@
 """The rows of a run that need no work, and the run's stores and results: no Prefect, no torch.
 
-`finish_if_complete` ends a rerun whose every row is complete without starting Prefect at all; the
-batch flow uses the same `open_batch` and records its complete and invalid rows the same way.
+`finish_if_complete` ends a rerun whose every row is current (or failed before on the same input)
+without starting Prefect at all; the batch flow uses the same `open_batch` and `RowLookup` and records
+its complete, failed and invalid rows the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from ..manifests import iter_manifest, manifest_summary
 from ..manifests.schema import RESULTS_FILE
 from ..shards import FORMATS, SHARD_SIZE
 from ..storage import ArtifactStore, OutputStore, configure_storage
+from .lookup import RowLookup, RowState
 from .tracking import SCORE_NAMES, RunError, RunTracker
+
+LOOKUP_ROWS = 512  # rows whose fingerprints, videos and failures are looked up together
 
 
 @dataclass
@@ -32,11 +36,30 @@ class Batch:
     tracker: RunTracker
     previous: dict  # what earlier runs recorded of each video (see _previous_results)
 
-    def is_complete(self, video_id: str) -> bool:
-        """A row made before: its folder is published, or (webdataset) a complete shard holds it."""
-        return (self.packed and self.tracker.shards.is_complete(video_id)) or self.videos.is_complete(
-            video_id
-        )
+    def lookup(self, model: str | None, force: bool = False) -> RowLookup:
+        """The rows' states against what earlier runs left (resolving the model: no weights, no torch)."""
+        from ..models.identity import inspect_model
+
+        return RowLookup(self.videos, inspect_model(model), self.tracker.shards, force)
+
+    def add_state(self, row, state: RowState) -> bool:
+        """Record a row that needs no work (current, or failed for good on this same input); returns
+        whether it was recorded."""
+        if state.work:
+            return False
+        if state.failed:
+            self.tracker.add(
+                row.index,
+                row.video_id,
+                row.extra,
+                status="failed",
+                error=state.failed,
+                cached=True,
+                fingerprint=state.fingerprint,
+            )
+        else:
+            self.add_complete(row, state.fingerprint)
+        return True
 
     def add_invalid(self, row) -> None:
         self.tracker.add(
@@ -47,7 +70,7 @@ class Batch:
             error=f"{row.error.column}: {row.error.reason}",
         )
 
-    def add_complete(self, row) -> None:
+    def add_complete(self, row, fingerprint: str | None = None) -> None:
         """Record a row whose video exists (made by an earlier or another run)."""
         previous, outputs = self.previous.get(row.video_id), self.outputs
         self.tracker.add(
@@ -62,6 +85,7 @@ class Batch:
             scores=previous["scores"] if previous else _published_scores(self.videos, row.video_id),
             counted=row.index < self.total,
             prompts=row.request.prompts,
+            fingerprint=fingerprint,
         )
 
 
@@ -107,31 +131,43 @@ def finish_if_complete(
     show_progress: bool = False,
     output_format: str = "files",
     shard_size: int = SHARD_SIZE,
+    model: str | None = None,
     **_,
 ) -> dict | None:
-    """A rerun with nothing to make, without Prefect: when every valid row of the run is complete, the
-    results (results.parquet, report.html, shards whose files are all there) are written as the batch
-    flow would and its summary returned; None, having written nothing but the run stamp, as soon as a
-    row needs work (the batch flow then runs)."""
+    """A rerun with nothing to make, without Prefect or torch: when every valid row of the run is
+    current (its video records its fingerprint) or failed before on this same input, the results
+    (results.parquet, report.html, shards whose files are all there) are written as the batch flow
+    would and its summary returned; None, having written nothing but the run stamp, as soon as a row
+    needs work (the batch flow then runs)."""
     b = open_batch(manifest, output, cache, limit, False, show_progress, output_format, shard_size)
     rows_read = iter_manifest(manifest)
     try:
-        for row in rows_read:
-            if row.index >= b.total:
-                rows_read = itertools.chain([row], rows_read)
-                break
-            if row.error is not None:
-                b.add_invalid(row)
-            elif b.is_complete(row.video_id):
-                b.add_complete(row)
-            else:
+        lookup = None
+        for rows in batched(itertools.islice(rows_read, b.total), LOOKUP_ROWS):
+            valid = [row for row in rows if row.error is None]
+            if valid and lookup is None:
+                lookup = b.lookup(model)
+            states = dict((row.index, state) for row, state in lookup.check(valid)) if valid else {}
+            if any(state.work for state in states.values()):
                 b.tracker.discard()
                 return None
+            for row in rows:
+                if row.error is not None:
+                    b.add_invalid(row)
+                else:
+                    b.add_state(row, states[row.index])
     except BaseException:
         b.tracker.discard()
         raise
     describe_complete(b.videos, b.tracker, rows_read, b.add_complete)
     return b.tracker.close()
+
+
+def batched(rows, size: int):
+    """Lists of `size` rows (the last one shorter)."""
+    rows = iter(rows)
+    while chunk := list(itertools.islice(rows, size)):
+        yield chunk
 
 
 def describe_complete(outputs: OutputStore, tracker: RunTracker, rows, add_complete) -> None:

@@ -39,6 +39,9 @@ RESULT_FIELDS = [
     pa.field("metadata", pa.string()),
     pa.field("seconds", pa.float64()),
     pa.field("cached", pa.bool_()),  # complete before this run: found by lookup, nothing recomputed
+    # made again: the row's video existed, made from something else (its prompts, parameters, source...)
+    pa.field("changed", pa.bool_()),
+    pa.field("fingerprint", pa.string()),  # what the row asks for (stillmotion.fingerprints)
     pa.field("row", pa.int64()),
     pa.field("shard", pa.string()),  # --format webdataset: the tar the row goes into, and its key there
     pa.field("key", pa.string()),
@@ -65,6 +68,7 @@ class Counts:
     cached: int = 0
     failed: int = 0
     repaired: int = 0  # of done: rows whose chain met a damaged artifact, recomputed it and finished
+    changed: int = 0  # of done: rows made again because what they ask for changed
 
     @property
     def finished(self) -> int:
@@ -142,6 +146,8 @@ class RunTracker:
         scores: dict | None = None,
         prompts: list[str] | None = None,
         timings: dict | None = None,
+        fingerprint: str | None = None,
+        changed: bool = False,
     ) -> None:
         """Record one row's result; `counted=False` for a row outside this run's rows (past --limit)
         that is described but not counted or shown in the progress; `repaired` for a finished row
@@ -154,6 +160,8 @@ class RunTracker:
             "metadata": metadata,
             "seconds": None if seconds is None else round(seconds, 3),
             "cached": cached,
+            "changed": changed,
+            "fingerprint": fingerprint,
             "row": row,
             "shard": None,
             "key": None,
@@ -173,6 +181,7 @@ class RunTracker:
         else:
             self.counts.done += 1
             self.counts.repaired += repaired
+            self.counts.changed += changed
         self.report.add(record, prompts, timings)
         if len(self._summary) < 1000:
             self._summary.append({k: record[k] for k in ("row", "video_id", "status", "error", "seconds")})
@@ -250,12 +259,13 @@ class RunTracker:
             "cached": c.cached,
             "failed": c.failed,
             "repaired": c.repaired,
+            "changed": c.changed,
             "seconds": round(time.monotonic() - self._start, 2),
             "failures": self.failures,
             "logs": self.rows.url_of(".logs"),
         }
         if self.shards is not None:
-            summary["shards"] = {"packed": self.shards.packed, "kept": self.shards.kept}
+            summary["shards"] = self.shards.counts()
         self._write_report(summary)
         _table_artifact(self._summary, summary)
         return summary

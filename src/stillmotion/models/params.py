@@ -8,11 +8,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..limits import (
+    MAX_CANDIDATES,
+    MAX_FPS,
+    MAX_FRAMES,
+    MAX_INJECT_LAYERS,
+    MAX_KEYFRAMES,
+    MAX_STEPS,
+    MAX_TEMPLATES,
+    MAX_TEXT_CHARS,
+    MIN_FPS,
+)
+
 Curve = Literal["log", "linear"]
 CrossFrame = Literal["off", "replace", "extend", "maps"]
 Insertion = Literal["spline", "adaptive", "motion"]
 INSERTIONS = ("spline", "adaptive", "motion")
-MAX_CANDIDATES = 16
 Direction = Literal["prompt", "sentences"]
 Inbetween = Literal["embedding", "latent"]
 XaSchedule = Literal["constant", "linear"]
@@ -45,6 +56,37 @@ DEFAULT_INJECT_LAYERS = ("up_blocks.1.resnets.1",)
 # the model defaults that are words, not numbers
 WORD_DEFAULTS = ("cross_frame", "direction", "xa_schedule", "inbetween", "negative")
 MODEL_DEFAULTS_FILE = "stillmotion.json"  # beside model_index.json: the model's own method defaults
+
+# The fields of a resolved MethodParams each cached stage reads: a stage's key is the hash of exactly these
+# (with its inputs' keys), so a field changes the keys of the stages that read it and of no other
+# (tests/test_keys.py changes every field one at a time). A field no stage reads is an execution option.
+STAGE_FIELDS: dict[str, tuple[str, ...]] = {
+    "invert": ("steps", "seed", "reg_steps", "auto_corr_rolls", "lambda_auto_corr", "lambda_kl", "encode"),
+    "keyframes": (
+        "seed",  # synthetic x_T, and best-of-N's candidate seeds
+        "keyframes",
+        "steps",
+        "cfg_scale",
+        "xa_guidance",
+        "curve",
+        "candidates",
+        "cross_frame",
+        "direction",
+        "direction_templates",
+        "xa_until",
+        "xa_schedule",
+        "inbetween",
+        "negative",
+        "negative_until",
+        "edit_from",
+        "inject_features",
+        "inject_layers",
+    ),
+    "frames": ("keyframes", "frames", "insertion"),
+    "encode": ("fps",),
+    "scores": ("frames",),
+}
+EXECUTION_FIELDS = ("batch_size",)  # memory knobs: never the numbers, in no key and no fingerprint
 
 
 @dataclass(frozen=True)
@@ -104,14 +146,16 @@ class MethodParams:
     inject_layers: tuple[str, ...] | None = None  # None: the model's, else DEFAULT_INJECT_LAYERS
 
     def __post_init__(self) -> None:
-        if self.keyframes < 1:
-            raise ValueError(f"keyframes must be >= 1, got {self.keyframes}")
-        if self.frames is not None and self.frames < self.keyframes:
-            raise ValueError(f"frames ({self.frames}) must be >= keyframes ({self.keyframes})")
-        if not 1 <= self.fps <= 120:
-            raise ValueError(f"fps must be in 1..120, got {self.fps}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not 1 <= self.keyframes <= MAX_KEYFRAMES:
+            raise ValueError(f"keyframes must be in 1..{MAX_KEYFRAMES}, got {self.keyframes}")
+        if self.frames is not None and not self.keyframes <= self.frames <= MAX_FRAMES:
+            raise ValueError(
+                f"frames must be in keyframes..{MAX_FRAMES} (keyframes: {self.keyframes}), got {self.frames}"
+            )
+        if not MIN_FPS <= self.fps <= MAX_FPS:
+            raise ValueError(f"fps must be in {MIN_FPS}..{MAX_FPS}, got {self.fps}")
+        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be in 1..{MAX_STEPS}, got {self.steps}")
         if self.xa_guidance is not None and not (self.xa_guidance >= 0 and self.xa_guidance != float("inf")):
             raise ValueError(f"xa_guidance must be finite and >= 0, got {self.xa_guidance}")
         if self.curve not in ("log", "linear"):
@@ -136,6 +180,12 @@ class MethodParams:
             self.direction_templates and all(t.count("{}") == 1 for t in self.direction_templates)
         ):
             raise ValueError("direction_templates must be sentences with one '{}' each")
+        if self.direction_templates is not None and len(self.direction_templates) > MAX_TEMPLATES:
+            raise ValueError(
+                f"direction_templates: at most {MAX_TEMPLATES}, got {len(self.direction_templates)}"
+            )
+        if self.direction_templates is not None and max(map(len, self.direction_templates)) > MAX_TEXT_CHARS:
+            raise ValueError(f"direction_templates: a template is longer than {MAX_TEXT_CHARS} characters")
         if self.xa_until is not None and not 0 < self.xa_until <= 1:
             raise ValueError(f"xa_until must be in (0, 1], got {self.xa_until}")
         if self.xa_schedule not in (None, "constant", "linear"):
@@ -152,6 +202,10 @@ class MethodParams:
             self.inject_layers and all(isinstance(name, str) and name for name in self.inject_layers)
         ):
             raise ValueError("inject_layers must be UNet module names, e.g. up_blocks.1.resnets.1")
+        if self.inject_layers is not None and (
+            len(self.inject_layers) > MAX_INJECT_LAYERS or max(map(len, self.inject_layers)) > MAX_TEXT_CHARS
+        ):
+            raise ValueError(f"inject_layers: at most {MAX_INJECT_LAYERS} names of a UNet's modules")
         if self.inbetween not in (None, "embedding", "latent"):
             raise ValueError(f"inbetween must be 'embedding' or 'latent', got {self.inbetween!r}")
 
@@ -236,8 +290,8 @@ class MethodParams:
         return 1.0 if self.negative_until is None else self.negative_until
 
     def keyframe_options(self) -> dict:
-        """The key-frame options that differ from the method's defaults (for cache keys: a run with the
-        defaults keeps the keys it had before these options existed)."""
+        """The key-frame options that differ from the method's defaults (for reports; cache keys hash every
+        field a stage reads, see `stage_fields`)."""
         options = {
             "direction": (self.edit_direction, "prompt"),
             "xa_until": (self.guidance_until, 1.0),
@@ -283,7 +337,22 @@ class MethodParams:
             source = "given" if given is not None else defaults.source_of(default)
             if name in ("cfg_scale", "xa_guidance", "cross_frame") or source != "default":
                 sources[name] = source  # the edit options appear only when not left at the method's
+        values["frames"] = self.frames_per_segment
         return dataclasses.replace(self, **values), sources
+
+    def stage_fields(self, stage: str) -> dict:
+        """The values of the fields `stage` reads (STAGE_FIELDS), for its cache key; only on resolved
+        parameters (`resolve`), so a model's default and the same value given key alike."""
+        values = {name: getattr(self, name) for name in STAGE_FIELDS[stage]}
+        unresolved = sorted(name for name, value in values.items() if value is None)
+        if unresolved:
+            raise ValueError(f"unresolved method parameters {unresolved}: call MethodParams.resolve first")
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in values.items()}
+
+    def fingerprint_fields(self) -> dict:
+        """Every field that can change a video (all but EXECUTION_FIELDS), for the row fingerprint."""
+        values = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in values.items()}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -7,7 +7,7 @@ from prefect import task
 from ..outputs import add_candidates, image_files, video_metadata
 from ..storage import OutputStore
 from .runtime import Job
-from .stages import artifacts, frame_images, logs_failures, retry_options
+from .stages import artifacts, forget_failure, frame_images, logs_failures, retry_options
 
 
 @task(name="publish", task_run_name="publish-{job.video_id}", persist_result=False, **retry_options())
@@ -69,8 +69,10 @@ def publish_stage(
         for name, stage in stages.items()
         if stage and "worker" in stage
     }
+    metadata["fingerprint"] = job.fingerprint  # what made it: a rerun remakes it when the row changes
     outputs.publish(job.video_id, files, metadata)
     outputs.clear_log(job.video_id)
+    forget_failure(outputs, job.video_id)
     return {
         "video": outputs.url_of(f"{job.video_id}/video.mp4"),
         "metadata": outputs.url_of(f"{job.video_id}/metadata.json"),

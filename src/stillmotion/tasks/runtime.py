@@ -60,6 +60,8 @@ class Job:
     batch_size: int | None = None  # the run's cap on key frames per UNet batch (memory, not results)
     param_sources: dict | None = None  # where the model-specific method values came from (metadata)
     scorers: dict | None = None  # the scoring models found for the run: {name: [id, folder, revision]}
+    fingerprint: str | None = None  # what the video is made from (stillmotion.fingerprints), in its metadata
+    changed: bool = False  # the row's video existed, made from something else: it is made again
 
     @property
     def hub_model(self) -> bool:

@@ -1,17 +1,17 @@
 """Thin Prefect tasks over models/: load inputs from the artifact store, compute, store, return keys.
 
-Every cached stage's key is a hash of its true inputs (image bytes via their sha256, prompts,
-parameters, model id and revision, algorithm version) and is used twice: as the artifact's name
-and as the Prefect cache key. A Prefect cache record counts only while its artifact exists, so
-the artifact store stays the source of truth. Results are small JSON dicts, never tensors.
+Every cached stage's key is a hash of its true inputs (image bytes via their sha256, prompts, the
+resolved parameters the stage reads (MethodParams.stage_fields), model id and revision, algorithm
+version) and names its artifact. The artifact store is the only cache: each stage looks its own
+artifact up; Prefect persists no result and keeps no cache. Results are small JSON dicts, never tensors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
-import json
 import time
 import traceback
 
@@ -19,7 +19,9 @@ import numpy as np
 import PIL.Image
 import torch
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
+from ..fingerprints import FAILURES
 from ..models import (
     ImageError,
     ModelNotAvailable,
@@ -38,7 +40,6 @@ from ..storage import (
     ArtifactStore,
     OutputStore,
     StorageError,
-    Store,
     artifact_key,
     configure_storage,
     is_transient,
@@ -88,10 +89,34 @@ def logs_failures(stage):
             return stage(job, *args, **kwargs)
         except Exception as error:
             text = f"{one_line(error)}\n\nstage: {stage.__name__}\n{traceback.format_exc()}"
-            OutputStore(job.output_url).write_log(job.video_id, text)
+            outputs = OutputStore(job.output_url)
+            outputs.write_log(job.video_id, text)
+            record_failure(outputs, job, error)
             raise
 
     return wrapper
+
+
+def fails_on_input(error: BaseException) -> bool:
+    """A failure that the same input always meets (an undecodable or missing image, no captioner), so a
+    rerun with the same row fingerprint reports it again instead of retrying; never a storage error,
+    an out-of-memory error or an interruption."""
+    return isinstance(error, ImageError | ModelNotAvailable) and not is_transient(error)
+
+
+def record_failure(outputs: OutputStore, job: Job, error: BaseException) -> None:
+    """OUTPUT/.logs/{video_id}.json: the row's fingerprint and reason, for a failure on its own input;
+    any earlier such record goes otherwise (a transient failure is retried by the next run)."""
+    name = FAILURES.format(video_id=job.video_id)
+    if job.fingerprint and fails_on_input(error):
+        outputs.write_json(name, {"fingerprint": job.fingerprint, "reason": one_line(error)})
+    else:
+        forget_failure(outputs, job.video_id)
+
+
+def forget_failure(outputs: OutputStore, video_id: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        outputs.fs.rm_file(outputs.path(FAILURES.format(video_id=video_id)))
 
 
 def timing(job: Job, started: float, compute_start: float, on_device: bool = True) -> dict:
@@ -107,44 +132,6 @@ def timing(job: Job, started: float, compute_start: float, on_device: bool = Tru
 def model_key(job: Job) -> dict:
     """What a model stage's numbers depend on besides its inputs: the weights, device type and dtype."""
     return {**job.model_key, **compute_identity(job)}
-
-
-def prefect_key(key: str) -> str:
-    """The Prefect cache key (and result-record name under CACHE/prefect/) of an artifact."""
-    return key.replace("/", "-")
-
-
-def cached(key_of, ext: str):
-    """A Prefect cache_key_fn: the artifact's key. A record whose artifact is gone goes too, and so does
-    one that is not ours (not JSON, or not this artifact's result) before Prefect reads it: Prefect
-    decodes a record with the serializer the record itself names, so a `pickle` one would be unpickled.
-    """
-
-    def cache_key_fn(context, parameters) -> str:
-        job: Job = parameters["job"]
-        key = key_of(**parameters)
-        records, name = Store(f"{job.cache_url}/prefect"), prefect_key(key)
-        if records.exists(name):
-            stale = not artifacts(job.cache_url).has(key, ext)
-            if stale or not is_our_record(records.read_bytes(name), key):
-                records.fs.rm_file(records.path(name))
-        return name
-
-    return cache_key_fn
-
-
-def is_our_record(data: bytes, key: str) -> bool:
-    """Whether a Prefect result record is one these stages wrote for `key`: JSON throughout, declaring
-    the JSON serializer, holding a result dict with that key."""
-    try:
-        record = json.loads(data)
-        if record["metadata"]["serializer"]["type"] != "json":
-            return False
-        result = record["result"]
-        result = json.loads(result) if isinstance(result, str) else result
-    except (ValueError, KeyError, TypeError):
-        return False
-    return isinstance(result, dict) and result.get("key") == key
 
 
 # A stage that failed on a transient storage error (storage.is_transient: a dropped connection, a
@@ -167,17 +154,17 @@ def retry_options() -> dict:
     }
 
 
-def _stage_options(name: str, key_of=None, ext: str | None = None) -> dict:
-    """Cached stages persist a JSON result record under their key; the others persist nothing."""
-    options = {
+def _stage_options(name: str) -> dict:
+    """No Prefect result records and no Prefect cache: each stage looks its own artifact up (the artifact
+    store is the only cache), so nothing read from storage is ever decoded by Prefect (its JSON decoder
+    imports the classes a record names)."""
+    return {
         "name": name,
         "task_run_name": f"{name}-{{job.video_id}}",
         "persist_result": False,
+        "cache_policy": NO_CACHE,
         **retry_options(),
     }
-    if key_of is not None:
-        options.update(cache_key_fn=cached(key_of, ext), persist_result=True, result_serializer="json")
-    return options
 
 
 # 1. source: read the image bytes, fit them; keyed by content, so it always runs (a read + hash)
@@ -211,7 +198,7 @@ def caption_key(job: Job, source: dict) -> str:
     )
 
 
-@task(**_stage_options("caption", caption_key, "json"))
+@task(**_stage_options("caption"))
 @logs_failures
 def caption_stage(job: Job, source: dict) -> dict:
     """BLIP caption of the fitted source image."""
@@ -230,20 +217,16 @@ def caption_stage(job: Job, source: dict) -> dict:
 
 # 3. inversion
 def invert_key(job: Job, source: dict, caption: dict) -> str:
-    p = job.request.params
-    regularizer = [p.reg_steps, p.auto_corr_rolls, p.lambda_auto_corr, p.lambda_kl, p.encode]
     return artifact_key(
         "invert",
         image_sha256=source["image_sha256"],
         caption=caption["caption"],
-        steps=p.ddim_steps,
-        seed=p.seed,
-        regularizer=regularizer,
+        params=job.request.params.stage_fields("invert"),
         **model_key(job),
     )
 
 
-@task(**_stage_options("invert", invert_key, "safetensors"))
+@task(**_stage_options("invert"))
 @logs_failures
 def invert_stage(job: Job, source: dict, caption: dict) -> dict:
     """Regularized DDIM inversion of the source: the inverted noise x_T."""
@@ -289,28 +272,20 @@ def _out_of_memory(error: BaseException | None) -> bool:
 
 # 4. key frames (and the source frame), one guided loop
 def keyframes_key(job: Job, inverted: dict | None, caption: dict) -> str:
-    request, p = job.request, job.request.params
+    request = job.request
     return artifact_key(
         "keyframes",
         inverted=inverted["key"] if inverted else None,
-        seed=p.seed if not inverted else None,
         caption=caption["caption"],
         synthetic=request.synthetic,
         prompts=list(request.prompts),
-        keyframes=p.keyframes,
-        curve=p.curve,
-        steps=p.ddim_steps,
-        cfg_scale=p.cfg,
-        xa_guidance=p.guidance_for(request.synthetic),
-        cross_frame=p.cross,
-        # one candidate: the keys of before; more: the count and how the best is chosen
-        **({"candidates": p.candidates, "selection": SELECTION_VERSION} if p.candidates > 1 else {}),
-        **p.keyframe_options(),  # only those off their defaults: a default run keeps its old key
+        selection=SELECTION_VERSION,  # how the best of N candidates is chosen
+        params=request.params.stage_fields("keyframes"),
         **model_key(job),
     )
 
 
-@task(**_stage_options("keyframes", keyframes_key, "safetensors"))
+@task(**_stage_options("keyframes"))
 @logs_failures
 def keyframes_stage(job: Job, inverted: dict | None, caption: dict) -> dict:
     """The reference pass and every key frame under cross-attention guidance (the best of the row's
@@ -344,13 +319,10 @@ def keyframes_stage(job: Job, inverted: dict | None, caption: dict) -> dict:
 
 # 5. frames: spline insertion and VAE decode
 def frames_key(job: Job, keyframes: dict) -> str:
-    p = job.request.params
     return artifact_key(
         "frames",
         keyframes=keyframes["key"],
-        k=p.keyframes,
-        n=p.frames_per_segment,
-        insertion=p.insertion,
+        params=job.request.params.stage_fields("frames"),
         **model_key(job),
     )
 
@@ -359,7 +331,7 @@ def _uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-@task(**_stage_options("frames", frames_key, "safetensors"))
+@task(**_stage_options("frames"))
 @logs_failures
 def frames_stage(job: Job, keyframes: dict) -> dict:
     """The frames between the anchors (the row's insertion), decoded, with the decoded key frames
@@ -397,10 +369,12 @@ def frame_images(job: Job, frames: dict) -> tuple[list[PIL.Image.Image], list[PI
 
 # 6. encode
 def encode_key(job: Job, frames: dict) -> str:
-    return artifact_key("encode", frames=frames["key"], fps=job.request.params.fps, crf=18)
+    return artifact_key(
+        "encode", frames=frames["key"], crf=18, params=job.request.params.stage_fields("encode")
+    )
 
 
-@task(**_stage_options("encode", encode_key, "mp4"))
+@task(**_stage_options("encode"))
 @logs_failures
 def encode_stage(job: Job, frames: dict) -> dict:
     """H.264 MP4 of the frames."""
@@ -424,14 +398,14 @@ def scores_key(job: Job, frames: dict, source: dict | None) -> str:
         frames=frames["key"],
         source=source["key"] if source else None,
         prompts=list(job.request.prompts),
-        n=p.frames_per_segment,
         version=SCORES_VERSION,
+        params=p.stage_fields("scores"),
         scorers={name: revision for name, (_, _, revision) in sorted(found.items())},
         device=compute_identity(job)["device"] if found else None,
     )
 
 
-@task(**_stage_options("scores", scores_key, "json"))
+@task(**_stage_options("scores"))
 @logs_failures
 def scores_stage(job: Job, frames: dict, source: dict | None) -> dict:
     """Scores of the frames against the source (real mode: the fitted image; synthetic: the reference
