@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from prefect import flow
 from prefect.context import FlowRunContext
 from prefect.exceptions import ExternalSignal
-from prefect.futures import PrefectFuture
+from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from ..manifests import iter_manifest
@@ -50,6 +50,8 @@ from .lookup import RowLookup
 from .resume import LOOKUP_ROWS, batched, describe_complete, open_batch
 from .tracking import RunError, RunTracker
 
+DEFAULT_IN_FLIGHT = 4  # rows submitted at once on the local runner (one device: overlaps I/O and compute)
+INFLIGHT_REFRESH_S = 5.0  # how often a Dask run reads its cluster's size again
 SPAN_REACH = 10  # a span of work closes at most this many x chunk_rows manifest rows past its first job
 
 
@@ -116,7 +118,7 @@ class _Span:
     tracker: RunTracker
     outputs: OutputStore  # where the rows' folders are published: the output, or CACHE/rows (webdataset)
     stages: dict
-    in_flight: int
+    in_flight: int | None  # rows submitted at once; None: what the task runner can hold (InFlight)
     add_complete: Callable  # records a row whose video exists (made by an earlier or another run)
     lookup: RowLookup  # whether a row's video, made by another run meanwhile, is the one it asks for
 
@@ -223,6 +225,7 @@ def chunk_flow(span: str, first_row: int, rows: int) -> None:
     the batch flow, on a fresh copy of the batch flow's task runner."""
     s = _span(span)
     runner, pending = FlowRunContext.get().task_runner, deque()
+    window = InFlight(runner, s.in_flight)
 
     def start(work: list) -> list:
         """Submit the rows this run can claim; returns those another live run is making."""
@@ -236,8 +239,8 @@ def chunk_flow(span: str, first_row: int, rows: int) -> None:
                 s.add_complete(row, job.fingerprint)
                 continue
             pending.append((row, job, submit_row(s.stages, job, runner), time.monotonic()))
-            while len(pending) >= s.in_flight:
-                _finish(s, runner, *pending.popleft())
+            while len(pending) >= window.size():
+                _finish(s, runner, *_first_finished(pending))
         return elsewhere
 
     try:
@@ -247,11 +250,50 @@ def chunk_flow(span: str, first_row: int, rows: int) -> None:
             s.outputs.release_lease(row.video_id)
 
 
+def _first_finished(pending: deque) -> tuple:
+    """Take out of `pending` the row whose chain finishes first (any order: a slow row holds up none)."""
+    done = next(as_completed([futures[-1] for _, _, futures, _ in pending]))
+    for item in pending:
+        if item[2][-1] is done:
+            pending.remove(item)
+            return item
+    return pending.popleft()  # unreachable: `done` is one of them
+
+
+class InFlight:
+    """How many rows a span keeps submitted: the run's --in-flight, else what the task runner can hold:
+    under Dask twice the cluster's GPU resources (its workers where none declare one), re-read every
+    INFLIGHT_REFRESH_S as workers join or leave; on the local thread runner DEFAULT_IN_FLIGHT."""
+
+    def __init__(self, runner, given: int | None) -> None:
+        self.runner, self.given = runner, given
+        self._size, self._read = DEFAULT_IN_FLIGHT, float("-inf")
+
+    def size(self) -> int:
+        if self.given is not None:
+            return self.given
+        if not _is_dask(self.runner):
+            return DEFAULT_IN_FLIGHT
+        if time.monotonic() - self._read > INFLIGHT_REFRESH_S:
+            self._read = time.monotonic()
+            try:
+                self._size = cluster_rows(self.runner.client.scheduler_info()["workers"])
+            except Exception:  # noqa: BLE001 - a scheduler briefly unreachable: keep the last size
+                pass
+        return self._size
+
+
+def cluster_rows(workers: dict) -> int:
+    """Rows in flight for a Dask cluster: 2 x its GPU resources (or 2 x its workers when none has one)."""
+    gpus = sum(float(w.get("resources", {}).get("GPU", 0)) for w in workers.values())
+    return max(1, 2 * int(gpus if gpus else len(workers)))
+
+
 def _run_span(s: _Span, runner, pending: deque, start) -> None:
     elsewhere = start(s.work)
     while True:
         while pending:
-            _finish(s, runner, *pending.popleft())
+            _finish(s, runner, *_first_finished(pending))
         # rows another run holds: recorded once it has made them, made here if it let go (failed, died)
         waiting = []
         for row, job in elsewhere:
@@ -276,7 +318,7 @@ def batch_flow(
     force: bool = False,
     device: str = "auto",
     dtype: str = "auto",
-    in_flight: int = 4,
+    in_flight: int | None = None,
     show_progress: bool = False,
     channels_last: bool = False,
     compile_unet: str | None = None,
@@ -285,20 +327,27 @@ def batch_flow(
     model_scores: bool = True,
     output_format: str = "files",
     shard_size: int = SHARD_SIZE,
+    num_shards: int | None = None,
+    shard_index: int | None = None,
 ) -> dict:
     """Make every video of a manifest; returns the counts {rows, done, cached, failed, seconds}.
 
     `output_format` "files" publishes a folder per video; "webdataset" packs the rows into tar shards
-    of `shard_size` rows (see stillmotion.shards), the rows' folders living in CACHE/rows."""
+    of `shard_size` rows (see stillmotion.shards), the rows' folders living in CACHE/rows.
+    `num_shards` and `shard_index` (or a launcher's environment, see flows/parts.py) make only this
+    index's blocks of rows and write its part of the results, merged by `stillmotion merge`."""
     for name, value in (
         ("chunk_rows", chunk_rows),
-        ("in_flight", in_flight),
+        ("in_flight", 1 if in_flight is None else in_flight),
         ("batch_size", 1 if batch_size is None else batch_size),
     ):
         if not isinstance(value, int) or value < 1:
             raise RunError(f"{name} must be an integer >= 1, got {value!r}")
     # 1. stores and the results (see open_batch)
-    b = open_batch(manifest, output, cache, limit, force, show_progress, output_format, shard_size)
+    b = open_batch(
+        manifest, output, cache, limit, force, show_progress, output_format, shard_size,
+        num_shards, shard_index, model,
+    )  # fmt: skip
     tracker, videos, cache_url, total = b.tracker, b.videos, b.cache_url, b.total
 
     # 2. stream rows: failed and complete rows are recorded at once, the rest become task chains,
@@ -325,6 +374,10 @@ def batch_flow(
     reached: list = []  # the batch of rows being looked at (described on an interrupt)
     try:
         for reached in batched(itertools.islice(rows_read, total), LOOKUP_ROWS):
+            for row in reached:
+                if not b.owns(row):  # another index's block
+                    tracker.skip(row.index)
+            reached = [row for row in reached if b.owns(row)]
             valid = [row for row in reached if row.error is None]
             if valid and lookup is None:
                 lookup = b.lookup(model, force)
@@ -376,14 +429,16 @@ def batch_flow(
             if not tracker.has(row.index) and row.index not in {r.index for r in unfinished}
         ]
         describe_complete(videos, tracker, sorted(unfinished, key=lambda r: r.index), b.add_complete)
-        describe_complete(videos, tracker, (row for row in rows_read if row.index < total), b.add_complete)
-        tracker.close()
+        left = (row for row in rows_read if row.index < total and b.owns(row))
+        describe_complete(videos, tracker, left, b.add_complete)
+        tracker.close()  # an interrupted index writes its part, never its completion marker
         raise
     # 3. the rows past --limit whose videos exist are in results.parquet too, by one listing
-    describe_complete(videos, tracker, rows_read, b.add_complete)
+    if b.split is None:
+        describe_complete(videos, tracker, rows_read, b.add_complete)
 
     # 4. results.parquet and the summary
-    return tracker.close()
+    return b.close()
 
 
 def _scorers(model_path: str) -> dict:

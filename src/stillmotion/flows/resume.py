@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shlex
 import time
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from ..manifests.schema import RESULTS_FILE
 from ..shards import FORMATS, SHARD_SIZE
 from ..storage import ArtifactStore, OutputStore, configure_storage
 from .lookup import RowLookup, RowState
+from .parts import BLOCK_ROWS, Split, manifest_fingerprint, part_name, split_of, write_marker
 from .tracking import SCORE_NAMES, RunError, RunTracker
 
 LOOKUP_ROWS = 512  # rows whose fingerprints, videos and failures are looked up together
@@ -35,6 +37,21 @@ class Batch:
     total: int
     tracker: RunTracker
     previous: dict  # what earlier runs recorded of each video (see _previous_results)
+    split: Split | None = None  # --num-shards/--shard-index: this index's blocks of rows only
+    split_fingerprint: str | None = None  # the manifest's (parts.manifest_fingerprint)
+    command: str | None = None  # how to run this index again (recorded in its completion marker)
+
+    def owns(self, row) -> bool:
+        """Whether the row is this run's: every row, or (a split) the rows of this index's blocks."""
+        return self.split is None or self.split.owns(row.index)
+
+    def close(self) -> dict:
+        """Write the results (an index of a split: its part, then its completion marker last)."""
+        summary = self.tracker.close()
+        if self.split is not None:
+            marker = (self.split, self.split_fingerprint, self.command, summary, self.videos.url)
+            write_marker(self.outputs, *marker)
+        return summary
 
     def lookup(self, model: str | None, force: bool = False) -> RowLookup:
         """The rows' states against what earlier runs left (resolving the model: no weights, no torch)."""
@@ -89,13 +106,27 @@ class Batch:
         )
 
 
-def open_batch(manifest, output, cache, limit, force, show_progress, output_format, shard_size) -> Batch:
+def open_batch(
+    manifest,
+    output,
+    cache,
+    limit,
+    force,
+    show_progress,
+    output_format,
+    shard_size,
+    num_shards=None,
+    shard_index=None,
+    model=None,
+) -> Batch:
     """The stores (failing the run, not a row, when the output cannot be written), what killed runs
-    left cleaned up, and the tracker of the run's results."""
+    left cleaned up, and the tracker of the run's results (of its part, for an index of a split)."""
     if not isinstance(shard_size, int) or shard_size < 1:
         raise RunError(f"shard_size must be an integer >= 1, got {shard_size!r}")
     if output_format not in FORMATS:
         raise RunError(f"output_format must be one of {', '.join(FORMATS)}, got {output_format!r}")
+    packed = output_format == "webdataset"
+    split = split_of(num_shards, shard_index, shard_size if packed else BLOCK_ROWS)
     configure_storage()  # options per protocol from the environment, never from parameters
     outputs = OutputStore(output)
     cache_url = (cache or f"{output}/.cache").rstrip("/")
@@ -103,7 +134,6 @@ def open_batch(manifest, output, cache, limit, force, show_progress, output_form
         outputs.write_bytes(".stillmotion-run", f"{time.time()}\n".encode())
     except Exception as error:  # noqa: BLE001 - any failure here means "cannot write the output"
         raise RunError(f"cannot write to output {output}: {error}") from None
-    packed = output_format == "webdataset"
     videos = OutputStore(f"{cache_url}/rows") if packed else outputs
     outputs.clean_leftovers()  # leases of killed runs; their temporary files and staging folders (local)
     if packed:
@@ -111,6 +141,7 @@ def open_batch(manifest, output, cache, limit, force, show_progress, output_form
     ArtifactStore(f"{cache_url}/artifacts").clean_leftovers()
     rows, extra_fields = manifest_summary(manifest)
     total = rows if limit is None else min(rows, limit)
+    fingerprint = manifest_fingerprint(manifest, limit) if split else None
     tracker = RunTracker(
         outputs,
         total,
@@ -119,8 +150,35 @@ def open_batch(manifest, output, cache, limit, force, show_progress, output_form
         rows=videos,
         shard_size=shard_size if packed else None,
         repack=force,
+        results_name=part_name(split, fingerprint) if split else RESULTS_FILE,
+        write_report=split is None,
+        counted_total=split.rows_of(total) if split else None,
     )
-    return Batch(outputs, videos, packed, cache_url, total, tracker, _previous_results(outputs))
+    if split and packed:
+        sizes = {shard.size for shard in tracker.shards.existing.values()} - {shard_size}
+        if sizes:
+            tracker.discard()
+            raise RunError(
+                f"the output's shards hold {max(sizes)} rows each; an index of a split cannot repack them "
+                f"(it would rewrite tars other indices read): use --shard-size {max(sizes)}, or repack once "
+                "with a plain run (no --num-shards)"
+            )
+    batch = Batch(outputs, videos, packed, cache_url, total, tracker, _previous_results(outputs))
+    if split:
+        batch.split, batch.split_fingerprint = split, fingerprint
+        batch.command = _command(manifest, output, cache, limit, output_format, shard_size, model, split)
+    return batch
+
+
+def _command(manifest, output, cache, limit, output_format, shard_size, model, split: Split) -> str:
+    """The `stillmotion run` line of an index ({index} in place of its number)."""
+    words = ["stillmotion", "run", manifest, "--output", output]
+    words += ["--cache", cache] if cache else []
+    words += ["--model", model] if model else []
+    words += ["--limit", str(limit)] if limit is not None else []
+    words += ["--format", output_format, "--shard-size", str(shard_size)] if output_format != "files" else []
+    words += ["--num-shards", str(split.count), "--shard-index", "{index}"]
+    return " ".join(shlex.quote(word) if word != "{index}" else word for word in words)
 
 
 def finish_if_complete(
@@ -132,18 +190,27 @@ def finish_if_complete(
     output_format: str = "files",
     shard_size: int = SHARD_SIZE,
     model: str | None = None,
+    num_shards: int | None = None,
+    shard_index: int | None = None,
     **_,
 ) -> dict | None:
-    """A rerun with nothing to make, without Prefect or torch: when every valid row of the run is
-    current (its video records its fingerprint) or failed before on this same input, the results
-    (results.parquet, report.html, shards whose files are all there) are written as the batch flow
-    would and its summary returned; None, having written nothing but the run stamp, as soon as a row
-    needs work (the batch flow then runs)."""
-    b = open_batch(manifest, output, cache, limit, False, show_progress, output_format, shard_size)
+    """A rerun with nothing to make, without Prefect or torch: when every valid row of the run (of its
+    index, in a split) is current (its video records its fingerprint) or failed before on this same
+    input, the results (results.parquet and report.html, or the index's part and marker; shards whose
+    files are all there) are written as the batch flow would and its summary returned; None, having
+    written nothing but the run stamp, as soon as a row needs work (the batch flow then runs)."""
+    b = open_batch(
+        manifest, output, cache, limit, False, show_progress, output_format, shard_size,
+        num_shards, shard_index, model,
+    )  # fmt: skip
     rows_read = iter_manifest(manifest)
     try:
         lookup = None
         for rows in batched(itertools.islice(rows_read, b.total), LOOKUP_ROWS):
+            for row in rows:
+                if not b.owns(row):
+                    b.tracker.skip(row.index)
+            rows = [row for row in rows if b.owns(row)]
             valid = [row for row in rows if row.error is None]
             if valid and lookup is None:
                 lookup = b.lookup(model)
@@ -159,8 +226,9 @@ def finish_if_complete(
     except BaseException:
         b.tracker.discard()
         raise
-    describe_complete(b.videos, b.tracker, rows_read, b.add_complete)
-    return b.tracker.close()
+    if b.split is None:
+        describe_complete(b.videos, b.tracker, rows_read, b.add_complete)
+    return b.close()
 
 
 def batched(rows, size: int):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import sys
 import tempfile
@@ -20,6 +21,19 @@ from ..storage import OutputStore, owner_tag, remove_abandoned
 
 FAILURES_SHOWN = 10  # failed rows listed in the summary (and on the terminal)
 RESULTS_TEMP_PREFIX = "stillmotion-results-"  # the local folder results.parquet is built in
+
+
+# Where a run's wall time counts from (a time.monotonic() value): `stillmotion run` sets its process's start,
+# so the summary line and report.html hold the imports, the server's start-up and the model's load too; None
+# (a flow called from Python, a served run): from the tracker's creation
+_RUN_STARTED: float | None = None
+
+
+def count_from(started: float | None) -> None:
+    """Count the wall time of the runs that follow from `started` (time.monotonic()); None: from each
+    run's tracker."""
+    global _RUN_STARTED
+    _RUN_STARTED = started
 
 
 class RunError(RuntimeError):
@@ -92,6 +106,9 @@ class RunTracker:
     rows: OutputStore | None = None  # where the rows' folders are (the output, or CACHE/rows)
     shard_size: int | None = None  # --format webdataset: rows per shard
     repack: bool = False  # pack every shard, even one already complete with the same rows (--force)
+    results_name: str = RESULTS_FILE  # where the results go: results.parquet, or an index's part of them
+    write_report: bool = True  # report.html (a split's index leaves it to `stillmotion merge`)
+    counted_total: int | None = None  # the rows the progress counts (an index of a split: its own)
     counts: Counts = field(default_factory=Counts)
     _buffer: dict[int, dict] = field(default_factory=dict)
     _next_row: int = 0
@@ -118,14 +135,15 @@ class RunTracker:
             if self.shard_size
             else None
         )
-        self._start = time.monotonic()
+        self._start = time.monotonic() if _RUN_STARTED is None else _RUN_STARTED
+        self._counted = self.total if self.counted_total is None else self.counted_total
         self._bar = None
         self._artifact = None
         self._last_artifact = 0.0
         if self.show_progress:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=self.total, unit="video", file=sys.stderr, dynamic_ncols=True)
+            self._bar = tqdm(total=self._counted, unit="video", file=sys.stderr, dynamic_ncols=True)
         if self.total:
             _progress_artifact(self, 0.0)
 
@@ -148,6 +166,8 @@ class RunTracker:
         timings: dict | None = None,
         fingerprint: str | None = None,
         changed: bool = False,
+        shard: str | None = None,
+        key: str | None = None,
     ) -> None:
         """Record one row's result; `counted=False` for a row outside this run's rows (past --limit)
         that is described but not counted or shown in the progress; `repaired` for a finished row
@@ -163,8 +183,8 @@ class RunTracker:
             "changed": changed,
             "fingerprint": fingerprint,
             "row": row,
-            "shard": None,
-            "key": None,
+            "shard": shard,  # set by the shard writer, or (merge) as the index's part recorded it
+            "key": key,
             **{f"score_{name}": (scores or {}).get(name) for name in SCORE_NAMES},
             **{name: value for name, value in extra.items() if name not in self._contract},
         }
@@ -224,9 +244,9 @@ class RunTracker:
             self._bar.set_postfix_str(f"done {c.done} cached {c.cached} failed {c.failed}", refresh=False)
             self._bar.update(c.finished - self._bar.n)
         now = time.monotonic()
-        if self.total and (now - self._last_artifact > 2 or c.finished == self.total):
+        if self._counted and (now - self._last_artifact > 2 or c.finished == self._counted):
             self._last_artifact = now
-            _progress_artifact(self, 100.0 * c.finished / self.total)
+            _progress_artifact(self, 100.0 * c.finished / self._counted)
 
     def discard(self) -> None:
         """Give up without writing anything (the batch flow will record the run instead)."""
@@ -243,11 +263,11 @@ class RunTracker:
         try:
             self._flush()
             self._writer.close()
-            self.outputs.write_bytes(RESULTS_FILE, self._path.read_bytes())
+            self.outputs.write_bytes(self.results_name, self._path.read_bytes())
         except RunError:
             raise
         except Exception as error:  # noqa: BLE001 - a full disk, an object store refusing the upload
-            raise _not_written(self.outputs.url_of(RESULTS_FILE), error) from None
+            raise _not_written(self.outputs.url_of(self.results_name), error) from None
         finally:
             shutil.rmtree(self._tmp, ignore_errors=True)
             if self._bar is not None:
@@ -266,7 +286,8 @@ class RunTracker:
         }
         if self.shards is not None:
             summary["shards"] = self.shards.counts()
-        self._write_report(summary)
+        if self.write_report:
+            self._write_report(summary)
         _table_artifact(self._summary, summary)
         return summary
 
@@ -280,14 +301,33 @@ class RunTracker:
                 if self.shards is None
                 else f"{shard_name(row // self.shard_size)}.tar"
             )
+        # a run that made nothing (a rerun of complete videos) shows the shown videos' own stage times, from
+        # their metadata.json, read with the previews (at most SAMPLE of each)
+        made_before = [v for _, v, *_, cached in self.report.shown if cached] if not self.report.stage_rows else []
         try:
-            paths = {self.rows.path(f"{video_id}/preview.png"): video_id for video_id in shown}
+            paths = {self.rows.path(f"{video_id}/preview.png"): ("preview", video_id) for video_id in shown}
+            paths |= {self.rows.path(f"{video_id}/metadata.json"): ("timings", video_id) for video_id in made_before}
             found = self.rows.fs.cat(list(paths), on_error="omit") if paths else {}
-            previews = {paths[path]: thumbnail(data) for path, data in found.items()}
-            page = render(self.report, summary, previews, links)
+            previews, timings = {}, {}
+            for path, data in found.items():
+                kind, video_id = paths[path]
+                if kind == "preview":
+                    previews[video_id] = thumbnail(data)
+                else:
+                    timings[video_id] = _timings(data)
+            page = render(self.report, summary, previews, links, timings)
             self.outputs.write_bytes(REPORT_FILE, page.encode("utf-8"))
         except Exception as error:  # noqa: BLE001 - the results are written; the page is a view of them
             print(f"stillmotion: {_not_written(self.outputs.url_of(REPORT_FILE), error)}", file=sys.stderr)
+
+
+def _timings(metadata: bytes) -> dict:
+    """A video's per-stage seconds from its metadata.json; {} when it cannot be read."""
+    try:
+        timings = json.loads(metadata).get("timings")
+    except (ValueError, AttributeError):
+        return {}
+    return {k: v for k, v in timings.items() if isinstance(v, int | float)} if isinstance(timings, dict) else {}
 
 
 def _progress_artifact(tracker: RunTracker, percent: float) -> None:
