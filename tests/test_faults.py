@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import fsspec
@@ -84,11 +84,11 @@ def test_a_full_disk_is_one_line_leaves_no_temporary_files_and_the_rerun_complet
     rows = manifest(tmp_path / "m.parquet", ["a", "b"])
     args = ["--model", str(tiny_model_dir), "--no-progress"]
     measured = Disk(float("inf"))
-    monkeypatch.setattr(storage, "open", measured.open, raising=False)
+    monkeypatch.setattr(storage.fs, "open", measured.open, raising=False)
     assert main(["run", rows, "--output", str(tmp_path / "measure"), *args]) == 0
 
     output = tmp_path / "out"
-    monkeypatch.setattr(storage, "open", Disk(measured.written // 2).open, raising=False)
+    monkeypatch.setattr(storage.fs, "open", Disk(measured.written // 2).open, raising=False)
     capsys.readouterr()
     assert main(["run", rows, "--output", str(output), *args]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -263,7 +263,7 @@ def test_a_lease_is_one_live_processes_and_a_dead_holders_is_taken(tmp_path):
     store = storage.OutputStore(str(tmp_path / "out"))
     (tmp_path / "out" / ".leases" / "b").write_text(f"dead.999999999.{storage.machine_id()}")
     assert store.take_lease("b")  # its holder is gone
-    storage._HELD_LEASES.clear()  # what an interrupted call in this process leaves: a lease naming us
+    storage.leases._HELD_LEASES.clear()  # what an interrupted call in this process leaves: a lease naming us
     assert store.take_lease("b")  # ... that a later call here takes back rather than wait on itself
     (tmp_path / "out" / ".leases" / "b").write_text(f"other.{os.getppid()}.{storage.machine_id()}")
     store.release_lease("b")  # taken over by another process meanwhile: never deleted by us
@@ -302,14 +302,14 @@ def test_held_leases_are_renewed_so_no_other_machine_takes_a_long_row(tmp_path, 
     here = storage.machine_id()
 
     def seen_from_another_machine():  # another machine's run (its own process: its own held leases)
-        held = dict(storage._HELD_LEASES)
-        monkeypatch.setattr(storage, "machine_id", lambda: "elsewhere")
+        held = dict(storage.leases._HELD_LEASES)
+        monkeypatch.setattr(storage.fs, "machine_id", lambda: "elsewhere")
         try:
             return storage.OutputStore(str(tmp_path / "out")).take_lease("a")
         finally:
-            monkeypatch.setattr(storage, "machine_id", lambda: here)
-            storage._HELD_LEASES.clear()
-            storage._HELD_LEASES.update(held)
+            monkeypatch.setattr(storage.fs, "machine_id", lambda: here)
+            storage.leases._HELD_LEASES.clear()
+            storage.leases._HELD_LEASES.update(held)
 
     os.utime(lease, (stale, stale))  # a row still being made after hours: renewed, so kept
     assert store.renew_leases() == 1 and time.time() - lease.stat().st_mtime < 60
@@ -329,7 +329,7 @@ def test_held_leases_are_renewed_so_no_other_machine_takes_a_long_row(tmp_path, 
     memory.release_lease("b")
     assert memory.renew_leases() == 0 and not memory.fs.exists(memory.path(".leases/b"))  # not brought back
 
-    monkeypatch.setattr(storage, "LEASE_RENEW_S", 0.05)
+    monkeypatch.setattr(storage.leases, "LEASE_RENEW_S", 0.05)
     assert store.take_lease("c")
     os.utime(lease.with_name("c"), (stale, stale))
     with storage.LeaseKeeper(store):
@@ -345,7 +345,7 @@ def test_two_runs_on_one_output_split_the_work(tiny_model_dir, tmp_path, monkeyp
     import threading
 
     monkeypatch.setattr("stillmotion.flows.batch.LEASE_POLL_S", 0.2)
-    monkeypatch.setattr(storage, "LEASE_RENEW_S", 0.1)
+    monkeypatch.setattr(storage.leases, "LEASE_RENEW_S", 0.1)
     renewed, renew = [], storage.OutputStore.renew_leases
     monkeypatch.setattr(storage.OutputStore, "renew_leases", lambda self: renewed.append(renew(self)) or 0)
     rows, model = manifest(tmp_path / "m.parquet", ["a", "b", "c"]), str(tiny_model_dir)
@@ -481,3 +481,36 @@ def test_a_prefect_conflict_is_tried_again_then_is_one_line(monkeypatch, tmp_pat
     with pytest.raises(RuntimeError):  # any other error is not tried again
         commands._run(args, None)
     assert len(calls) == 1
+
+
+def test_a_lease_not_renewed_for_a_few_periods_is_taken_over_in_minutes(tmp_path, monkeypatch):
+    """Another machine's lease counts as abandoned once not renewed for LEASE_STALE_S (minutes, not the
+    hour after which temporary files are cleaned), by the store's clock; a renewed one is kept."""
+    from stillmotion.storage.leases import LEASE_RENEW_S, LEASE_STALE_S
+
+    assert LEASE_STALE_S <= 10 * 60 and LEASE_STALE_S >= 3 * LEASE_RENEW_S
+    assert LEASE_STALE_S < storage.ABANDONED_AFTER_S
+    store = storage.OutputStore(str(tmp_path / "out"))
+    lease = tmp_path / "out" / ".leases" / "r"
+    lease.parent.mkdir(parents=True)
+    lease.write_text("dead0000.4242.another-machine")  # a run on a machine that died
+    for age, taken in ((LEASE_STALE_S - 60, False), (LEASE_STALE_S + 5, True)):
+        os.utime(lease, (time.time() - age, time.time() - age))
+        assert store.take_lease("r") is taken, age
+    store.release_lease("r")
+
+    # on an object store the age is judged by the store's clock: a store 2 hours ahead of this machine
+    # makes a lease it stamped a minute ago a minute old, not two hours younger than now
+    memory = storage.OutputStore("memory://clock-test")
+    leases = memory.leases
+    real_info = memory.fs.info
+
+    def info_ahead(path, **kwargs):
+        found = dict(real_info(path, **kwargs))
+        found["created"] = found["created"] + timedelta(hours=2)
+        return found
+
+    monkeypatch.setattr(memory.fs, "info", info_ahead)
+    memory.fs.pipe_file(memory.path(".leases/s"), b"dead0000.4242.another-machine")
+    assert not leases.abandoned("dead0000.4242.another-machine", time.time() + 2 * 3600 - 60)
+    assert leases.abandoned("dead0000.4242.another-machine", time.time() + 2 * 3600 - LEASE_STALE_S - 60)

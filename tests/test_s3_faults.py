@@ -349,22 +349,23 @@ def test_the_flows_own_lookups_retry_a_503_and_one_that_persists_is_one_line(
 
     fs, proxy = s3
     monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
-    monkeypatch.setattr(storage, "FLOW_RETRY_DELAYS", [0.05, 0.05, 0.05])
+    monkeypatch.setattr(storage.fs, "FLOW_RETRY_DELAYS", [0.05, 0.05, 0.05])
     rows = [{"video_id": "p", "source_prompt": "a car", "prompts": ["a bus"]}]
     manifest = put_manifest(fs, "probe-in", rows)
-    fs.pipe_file(f"{BUCKET}/probe/p/metadata.json", b"{}")  # complete: the run only looks it up
+    # made once: a rerun only looks its metadata.json up (its fingerprint: the row is current)
+    assert run(manifest, f"s3://{BUCKET}/probe", tiny_model_dir, proxy, attempts=3) == 0
     lookups = []
 
     def refuse_lookups(times: int):
         def rule(method: str, path: str) -> str:
-            if method == "HEAD" and urlsplit(path).path.endswith("/probe/p/metadata.json"):
+            if method == "GET" and urlsplit(path).path.endswith("/probe/p/metadata.json"):
                 lookups.append(path)
                 return SLOW if len(lookups) <= times else FORWARD
             return FORWARD
 
         return rule
 
-    proxy.reset(refuse_lookups(2))  # each try of the flow's lookup is one HEAD (botocore: 1 attempt)
+    proxy.reset(refuse_lookups(2))  # each try of the flow's lookup is one GET (botocore: 1 attempt)
     try:
         status = run(manifest, f"s3://{BUCKET}/probe", tiny_model_dir, proxy, attempts=1)
     finally:
@@ -382,7 +383,7 @@ def test_the_flows_own_lookups_retry_a_503_and_one_that_persists_is_one_line(
     finally:
         proxy.rule = forward_all
     captured = capsys.readouterr()
-    assert status == 1 and len(lookups) == 1 + len(storage.FLOW_RETRY_DELAYS)
+    assert status == 1 and len(lookups) == 1 + len(storage.fs.FLOW_RETRY_DELAYS)
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("stillmotion run: error: storage failed during the run ")
     assert "run again to resume" in lines[0] and "Traceback" not in captured.err + captured.out

@@ -149,7 +149,8 @@ def test_shards_in_manifest_order_with_parquet_and_stats_read_by_webdataset(
     assert main(run_args(local_manifest / "manifest.parquet", output, tiny_model_dir)) == 3
     assert stamps(output) == before and COMPUTED == computed
     results = pq.read_table(output / "results.parquet").to_pylist()
-    assert [r["cached"] for r in results] == [True, True, False, True, True]
+    # the failed row too: it failed on its own input (a missing image), which has not changed
+    assert [r["cached"] for r in results] == [True, True, True, True, True]
 
     # the failed row's image appears: that row is made, its shard alone repacked (its other row taken
     # from the old shard, its folder being gone); the other shards stay as they are
@@ -251,3 +252,210 @@ def test_shards_on_s3_are_read_by_webdataset_and_a_rerun_rewrites_nothing(s3, ti
     assert {k: v for k, v in again.items() if k[:5].isdigit()} == {
         k: v for k, v in listed.items() if k[:5].isdigit()
     }
+
+
+# ---------------------------------------------------------------- repacking never loses a row; leases
+
+TINY = {"steps": 1, "keyframes": 1, "frames": 1}
+
+
+def tiny_manifest(folder, ids: list[str]) -> str:
+    """A manifest of tiny rows (1 step, 1 key frame, 1 frame), each with its own image (an image already
+    there is left as it is: a rewritten one would be another input)."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for video_id in ids:
+        image = folder / "images" / f"{video_id}.png"
+        if not image.exists():
+            image.write_bytes(png(int(video_id.removeprefix("r"), 36)))
+    table = pa.table(
+        {
+            "video_id": ids,
+            "image": [f"images/{i}.png" for i in ids],
+            "caption": ["a photo"] * len(ids),
+            "prompts": [[f"a dog {i}"] for i in ids],
+            **{name: [value] * len(ids) for name, value in TINY.items()},
+        }
+    )
+    pq.write_table(table, folder / "manifest.parquet")
+    return str(folder / "manifest.parquet")
+
+
+def tiny_args(manifest, output, model, size: int) -> list[str]:
+    args = run_args(manifest, output, model)
+    args[args.index("--shard-size") + 1] = str(size)
+    return args
+
+
+def shards_of(output) -> list[str]:
+    return sorted(str(p) for p in output.glob("[0-9][0-9][0-9][0-9][0-9].tar"))
+
+
+def forget_rows(output) -> None:
+    """Delete the rows' folders from the cache (the README allows it once the shards are written)."""
+    for folder in (output / ".cache" / "rows").iterdir():
+        if not folder.name.startswith("."):
+            shutil.rmtree(folder)
+
+
+def all_ok(output, ids: list[str]) -> list[dict]:
+    results = pq.read_table(output / "results.parquet").to_pylist()
+    assert [(r["video_id"], r["status"]) for r in results] == [(i, "ok") for i in ids]
+    return results
+
+
+def test_a_shard_size_change_with_the_rows_folders_gone_keeps_every_row(tmp_path, tiny_model_dir):
+    ids = [f"r{i}" for i in range(6)]
+    manifest, output = tiny_manifest(tmp_path / "in", ids), tmp_path / "out"
+    assert main(tiny_args(manifest, output, tiny_model_dir, 4)) == 0  # shards r0-r3, r4-r5
+    packed = {s["__key__"]: s["mp4"] for s in samples(shards_of(output))}
+    forget_rows(output)
+    computed = COMPUTED.copy()
+
+    # size 2: the new 00000.tar (r0, r1) replaces the only copy of r2, r3; 00001.tar that of r4, r5
+    assert main(tiny_args(manifest, output, tiny_model_dir, 2)) == 0
+    assert shards_of(output) == [str(output / f"{i:05d}.tar") for i in range(3)]
+    found = samples(shards_of(output))
+    check_samples(found, ids)
+    assert {s["__key__"]: s["mp4"] for s in found} == packed  # the same videos, nothing made again
+    assert COMPUTED == computed
+    assert all(r["cached"] for r in all_ok(output, ids))
+    rows = output / ".cache" / "rows"  # copied back before their shard was replaced, metadata.json last
+    assert sorted(p.name for p in rows.iterdir() if not p.name.startswith(".")) == ["r2", "r3", "r4", "r5"]
+    for video_id in ("r2", "r3", "r4", "r5"):
+        metadata = json.loads((rows / video_id / "metadata.json").read_text())
+        assert (
+            hashlib.sha256((rows / video_id / "video.mp4").read_bytes()).hexdigest()
+            == (metadata["hashes"]["video.mp4"])
+        )
+    assert not list((output / ".leases").iterdir())  # every shard lease given back
+
+
+def test_rows_moved_by_a_manifest_edit_are_all_in_the_new_shards(tmp_path, tiny_model_dir):
+    ids = [f"r{i}" for i in range(4)]
+    manifest, output = tiny_manifest(tmp_path / "in", ids), tmp_path / "out"
+    assert main(tiny_args(manifest, output, tiny_model_dir, 2)) == 0  # shards r0-r1, r2-r3
+    forget_rows(output)
+    computed = COMPUTED.copy()
+
+    edited = ["rz", *ids]  # a row inserted at the top: every row moves to the next shard position
+    manifest = tiny_manifest(tmp_path / "in", edited)
+    assert main(tiny_args(manifest, output, tiny_model_dir, 2)) == 0
+    assert shards_of(output) == [str(output / f"{i:05d}.tar") for i in range(3)]
+    check_samples(samples(shards_of(output)), edited)
+    results = all_ok(output, edited)
+    assert [r["cached"] for r in results] == [False, True, True, True, True]
+    assert (COMPUTED - computed)["encode"] == 1  # the new row alone was made
+
+
+def test_a_shard_another_live_run_is_packing_is_left_to_it(tmp_path, tiny_model_dir, capsys):
+    ids = [f"r{i}" for i in range(4)]
+    manifest, output = tiny_manifest(tmp_path / "in", ids), tmp_path / "out"
+    lease = output / ".leases" / ".shard-00001"  # a name no video id can take
+    lease.parent.mkdir(parents=True)
+    lease.write_text("t.1.elsewhere")  # held by a run on another machine, touched just now
+    assert main(tiny_args(manifest, output, tiny_model_dir, 2)) == 0
+    assert shards_of(output) == [str(output / "00000.tar")]  # 00001 not packed by this run
+    assert not (output / "00001_stats.json").exists() and not (output / "00001.parquet").exists()
+    assert "shards left to another run packing them: 00001" in capsys.readouterr().err
+    assert lease.read_text() == "t.1.elsewhere"  # never taken or deleted
+
+    lease.unlink()  # that run is done (it died before packing): the next run packs the shard
+    before = stamps(output)
+    assert main(tiny_args(manifest, output, tiny_model_dir, 2)) == 0
+    check_samples(samples(shards_of(output)), ids)
+    assert stamps(output)["00000.tar"] == before["00000.tar"]  # the complete shard kept as it is
+
+
+def test_leases_by_name_for_rows_and_shards_on_local_disk(tmp_path):
+    from stillmotion import storage
+
+    output = tmp_path / "out"
+    store = storage.OutputStore(str(output))
+    leases = output / ".leases"
+    assert store.take_shard_lease("00000") and not store.take_shard_lease("00000")  # held (by us, alive)
+    assert (leases / ".shard-00000").read_text().split(".", 1)[1] == f"{os.getpid()}.{storage.machine_id()}"
+    assert store.take_lease("00000")  # a row whose id looks like a shard's name: another lease
+    assert sorted(p.name for p in leases.iterdir()) == [".shard-00000", "00000"]
+    store.release_shard_lease("00000")
+    assert sorted(p.name for p in leases.iterdir()) == ["00000"]
+    assert store.take_shard_lease("00000")
+    store.release_shard_lease("00000")
+    store.release_lease("00000")
+    assert not list(leases.iterdir())
+    with pytest.raises(ValueError):
+        store.leases.take("a/b")
+
+    # another process's lease: refused while it lives; taken over once it is gone
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        (leases / ".shard-00001").write_text(f"t.{holder.pid}.{storage.machine_id()}")
+        assert not store.take_shard_lease("00001")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert store.take_shard_lease("00001")
+    assert (leases / ".shard-00001").read_text() != f"t.{holder.pid}.{storage.machine_id()}"
+    store.release_shard_lease("00001")
+    # another machine's: refused while it is renewed, taken once untouched for ABANDONED_AFTER_S
+    (leases / ".shard-00002").write_text("t.1.elsewhere")
+    assert not store.take_shard_lease("00002")
+    stale = time.time() - 2 * storage.ABANDONED_AFTER_S
+    os.utime(leases / ".shard-00002", (stale, stale))
+    assert store.take_shard_lease("00002")
+    assert store.renew_leases() == 1 and time.time() - (leases / ".shard-00002").stat().st_mtime < 60
+    store.release_shard_lease("00002")
+    assert not list(leases.iterdir())
+
+
+def fake_rows(rows, ids: list[str], fingerprint: str = "f") -> None:
+    """Rows' folders as a run publishes them (the bytes need not be a real video here)."""
+    for video_id in ids:
+        files = {"video.mp4": f"mp4 {video_id}".encode(), "preview.png": f"png {video_id}".encode()}
+        metadata = {"video_id": video_id, "prompts": ["a dog"], "fingerprint": fingerprint}
+        rows.publish(video_id, files, metadata)
+
+
+def shard_writer(output, total: int, size: int):
+    from stillmotion.flows.tracking import RESULT_FIELDS
+    from stillmotion.shards import ShardWriter
+    from stillmotion.storage import OutputStore
+
+    fields = list(RESULT_FIELDS)  # with a fingerprint column, whether or not the run's results have it yet
+    if "fingerprint" not in {f.name for f in fields}:
+        fields.append(pa.field("fingerprint", pa.string()))
+    outputs, rows = OutputStore(str(output)), OutputStore(str(output / ".cache" / "rows"))
+    return ShardWriter(outputs, rows, total, size, pa.schema(fields)), rows
+
+
+def record(row: int, video_id: str, fingerprint: str | None, status: str = "ok") -> dict:
+    return {"video_id": video_id, "status": status, "error": None if status == "ok" else "bad", "row": row,
+            "seconds": 1.0, "cached": False, "fingerprint": fingerprint}  # fmt: skip
+
+
+def test_fingerprints_of_packed_rows_and_a_shard_repacked_when_they_change(tmp_path):
+    output = tmp_path / "out"
+    writer, rows = shard_writer(output, 3, 3)
+    fake_rows(rows, ["a", "b"])
+    for n, (video_id, status) in enumerate([("a", "ok"), ("b", "ok"), ("c", "failed")]):
+        writer.add(record(n, video_id, f"fp-{video_id}", status))
+    assert writer.counts()["packed"] == 1
+
+    writer, rows = shard_writer(output, 3, 3)  # the next run reads them from the shard's Parquet
+    assert [writer.fingerprint_of(i) for i in ("a", "b", "c", "z")] == ["fp-a", "fp-b", None, None]
+    for n, (video_id, status) in enumerate([("a", "ok"), ("b", "ok"), ("c", "failed")]):
+        writer.add(record(n, video_id, f"fp-{video_id}", status))
+    assert writer.counts()["kept"] == 1 and writer.counts()["packed"] == 0  # same rows, same fingerprints
+
+    writer, rows = shard_writer(output, 3, 3)
+    for n, (video_id, status) in enumerate([("a", "ok"), ("b", "ok"), ("c", "failed")]):
+        writer.add(record(n, video_id, "fp-new" if video_id == "b" else f"fp-{video_id}", status))
+    assert writer.counts()["packed"] == 1  # b was made again from another input: repacked
+    assert writer.fingerprint_of("b") == "fp-new"
+
+    table = pq.read_table(output / "00000.parquet").drop_columns(["fingerprint"])
+    pq.write_table(table, output / "00000.parquet")  # a shard packed before rows had fingerprints
+    writer, rows = shard_writer(output, 3, 3)
+    assert writer.fingerprint_of("a") is None and writer.is_complete("a")
+    for n, (video_id, status) in enumerate([("a", "ok"), ("b", "ok"), ("c", "failed")]):
+        writer.add(record(n, video_id, "fp-other", status))
+    assert writer.counts()["kept"] == 1  # nothing to compare them with: kept

@@ -34,11 +34,20 @@ class RowState:
 
 def read_many(store: OutputStore, names: list[str]) -> dict[str, bytes]:
     """{name: bytes} of the files among `names` that exist, fetched in one call (concurrent on object
-    stores)."""
+    stores); any error but a missing file is raised (a transient one tried again, see `retried`), never
+    taken for a missing video."""
     if not names:
         return {}
     paths = {store.path(name): name for name in names}
-    found = retried(store.fs.cat, list(paths), on_error="omit")
+
+    def fetch() -> dict:
+        found = store.fs.cat(list(paths), on_error="return")
+        for value in found.values():
+            if isinstance(value, BaseException) and not isinstance(value, FileNotFoundError):
+                raise value
+        return found
+
+    found = retried(fetch)
     return {paths[path]: data for path, data in found.items() if isinstance(data, bytes)}
 
 
