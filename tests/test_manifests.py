@@ -21,6 +21,7 @@ from stillmotion.manifests import (
     resolve_image,
     validate_manifest,
 )
+from stillmotion.manifests.schema import misspelt_columns
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "manifest.parquet"
 GOOD = {"video_id": "good", "source_prompt": "a photo of a cat", "prompts": ["a photo of a dog"]}
@@ -80,7 +81,8 @@ def test_row_error_reads_as_one_line():
 BAD_ROWS = {
     "empty prompt list": ({"prompts": []}, "prompts", "empty"),
     "missing prompts": ({"prompts": None}, "prompts", "missing"),
-    "blank prompt entry": ({"prompts": ["a dog", "  "]}, "prompts", "prompt 1 is blank"),
+    "blank prompt entry": ({"prompts": ["a dog", "  "]}, "prompts", "prompt 2 is blank"),  # counted from 1
+    "blank first prompt": ({"prompts": ["", "a dog"]}, "prompts", "prompt 1 is blank"),
     "both image and source": ({"image": "x.png"}, "image", "not both"),
     "neither image nor source": ({"source_prompt": None}, "image", "both are missing"),
     "blank source prompt": ({"source_prompt": " "}, "source_prompt", "blank"),
@@ -162,6 +164,45 @@ def test_uncastable_column_fails_every_row(memory_root, column, kind, value):
     assert len(rows) == 2
     assert all(row.error is not None and row.error.column == column for row in rows)
     assert "expected" in rows[0].error.reason and str(kind) in rows[0].error.reason
+    assert all(row.error.column_wide for row in rows)  # `validate` says it once, with a count
+
+
+def test_print_validation_says_a_column_wide_problem_once_with_its_count(tmp_path):
+    rows_in = [{**GOOD, "video_id": f"v{i}", "seed": str(i)} for i in range(14)]
+    rows_in += [{**GOOD, "video_id": "v0", "seed": "99"}, {**GOOD, "video_id": "a b", "seed": "1"}]
+    url = write_manifest(str(tmp_path / "m.parquet"), rows_in, {"seed": pa.string()})
+    out = io.StringIO()
+    assert print_validation(url, out=out) == 1
+    assert out.getvalue().splitlines() == [
+        "row 14 (video_id=v0): video_id: duplicate of row 0",  # a row's own problem is still its line
+        "row 15 (video_id='a b'): video_id: 'a b' is not a safe id: use 1-128 of A-Z a-z 0-9 . _ - starting "
+        "with a letter or digit",
+        "seed: column has type string, expected an integer: 14 rows fail for it",
+        "16 rows, 16 invalid",
+    ]
+
+
+def test_misspelt_option_columns_are_warned_of_and_carried():
+    names = ["Frames", "fsp", "key-frames", "prompt", "Seed", "split", "score", "notes", "url", "caption_en"]
+    assert misspelt_columns(names) == [
+        ("Frames", "frames"),
+        ("fsp", "fps"),
+        ("key-frames", "keyframes"),
+        ("prompt", "prompts"),
+        ("Seed", "seed"),
+    ]  # extra columns that only share letters (split, score, notes, caption_en) are left alone
+
+
+def test_validate_warns_of_a_misspelt_column_and_stays_valid(memory_root):
+    url = write_manifest(f"{memory_root}/m.parquet", [{**GOOD, "fsp": 12}], {"fsp": pa.int64()})
+    out = io.StringIO()
+    assert print_validation(url, out=out) == 0
+    assert out.getvalue().splitlines() == [
+        "warning: column 'fsp' is not a manifest column (carried to the results as is, the option left at "
+        "its default): did you mean 'fps'?",
+        "1 rows, 0 invalid",
+    ]
+    assert read_rows(url)[0].extra == {"fsp": 12}
 
 
 def test_safe_casts_are_accepted(memory_root):

@@ -12,7 +12,7 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from stillmotion.cli import main
-from stillmotion.report import SAMPLE, RunReport
+from stillmotion.report import FAILED_SHOWN, SAMPLE, RunReport, render
 
 CHROMIUM_FLAGS = [  # no network here: without these Chromium keeps trying to reach Google's hosts
     "--headless",
@@ -54,6 +54,35 @@ def test_a_large_run_shows_a_stable_sample_in_manifest_order():
         small.add(record(row, "failed" if row == 2 else "ok"), ["a cat"], None)
     assert [item[0] for item in small.shown] == [0, 1, 3, 4]  # every finished row of a small run
     assert small.reasons == {"image not found": 1} and small.failed == [(2, "v2", "image not found")]
+
+
+def test_failed_rows_are_listed_in_manifest_order_whatever_order_they_finish_in():
+    report = RunReport()
+    for row in [*range(FAILED_SHOWN + 50, FAILED_SHOWN + 100), *reversed(range(FAILED_SHOWN + 50))]:
+        report.add(record(row, "failed"), None, None)
+    assert [row for row, *_ in report.failed] == list(range(FAILED_SHOWN))  # the first rows, in order
+    assert report.reasons == {"image not found": FAILED_SHOWN + 100}
+    summary = {"rows": 3, "done": 0, "cached": 0, "failed": FAILED_SHOWN + 100, "seconds": 1.0}
+    page = render(report, summary, {}, {})
+    listed = [int(cell.split("</td>")[0]) for cell in page.split("<tr><td>")[1:] if "</td><td>v" in cell]
+    assert listed == list(range(FAILED_SHOWN))
+
+
+def test_a_run_that_made_nothing_shows_the_videos_own_stage_times():
+    report = RunReport()
+    for row in range(3):
+        report.add({**record(row), "cached": True}, ["a cat"], None)  # found complete: no timings of its own
+    summary = {"rows": 3, "done": 0, "cached": 3, "failed": 0, "seconds": 2.1}
+    empty = render(report, summary, {}, {})
+    assert (
+        "Time per stage (videos made by this run)" in empty
+        and "2.1 s wall, no video made by this run" in empty
+    )
+    made_before = {"v0": {"keyframes": 3.0, "invert": 1.0}, "v1": {"keyframes": 5.0}}
+    page = render(report, summary, {}, {}, made_before)
+    assert "Time per stage (2 videos shown, found complete: the times they took when made)" in page
+    assert "<tr><td>keyframes</td><td>2</td><td>8.0</td><td>4.00</td></tr>" in page
+    assert "<tr><td>invert</td><td>1</td><td>1.0</td><td>1.00</td></tr>" in page
 
 
 def chromium() -> str:

@@ -1,8 +1,9 @@
 """OUTPUT/report.html: one self-contained page per run (no network: previews are embedded).
 
-The run's counts, throughput and time per stage; a grid of previews (every finished row for a small
-run, else a stable sample: the rows whose ids hash lowest, the same from run to run), each with its
-prompts, scores and a link to its video; the failed rows with their reasons.
+The run's counts, throughput and time per stage (of the videos it made; after a rerun that made none,
+the shown videos' own, from their metadata); a grid of previews (every finished row for a small run, else
+a stable sample: the rows whose ids hash lowest, the same from run to run), each with its prompts, scores
+and a link to its video; the failed rows with their reasons, in manifest order.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import PIL.Image
 
 SAMPLE = 120  # previews on the page
-FAILED_SHOWN = 200  # failed rows listed (the counts by reason cover all of them)
+FAILED_SHOWN = 200  # failed rows listed, the first in manifest order (the counts by reason cover all)
 REASONS_KEPT = 100  # distinct failure reasons counted one by one; the rest count as "other"
 THUMB_HEIGHT = 96
 SHOWN_SCORES = ("structure", "worst_over_mean", "clip_t", "clip_f", "dino_structure")
@@ -31,7 +32,7 @@ class RunReport:
     _sample: list = field(default_factory=list)  # heap of (-hash, item): the SAMPLE lowest hashes
     stage_seconds: Counter = field(default_factory=Counter)
     stage_rows: Counter = field(default_factory=Counter)
-    failed: list = field(default_factory=list)
+    _failed: list = field(default_factory=list)  # heap of (-row, video_id, reason): the first FAILED_SHOWN
     reasons: Counter = field(default_factory=Counter)
     finished: int = 0
 
@@ -41,8 +42,11 @@ class RunReport:
             self.reasons[
                 reason if reason in self.reasons or len(self.reasons) < REASONS_KEPT else "other"
             ] += 1
-            if len(self.failed) < FAILED_SHOWN:
-                self.failed.append((record["row"], record["video_id"], reason))
+            item = (-record["row"], record["video_id"], reason)
+            if len(self._failed) < FAILED_SHOWN:
+                heapq.heappush(self._failed, item)
+            elif item > self._failed[0]:  # rows finish out of order: keep the first in the manifest
+                heapq.heapreplace(self._failed, item)
             return
         self.finished += 1
         if not record["cached"]:
@@ -56,6 +60,11 @@ class RunReport:
             heapq.heappush(self._sample, (-rank, item))
         elif -rank > self._sample[0][0]:
             heapq.heapreplace(self._sample, (-rank, item))
+
+    @property
+    def failed(self) -> list[tuple]:
+        """The listed failed rows (row, video_id, reason), in manifest order."""
+        return sorted((-row, video_id, reason) for row, video_id, reason in self._failed)
 
     @property
     def shown(self) -> list[tuple]:
@@ -78,11 +87,31 @@ def thumbnail(data: bytes | None) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def render(report: RunReport, summary: dict, previews: dict[str, str | None], links: dict[str, str]) -> str:
-    """The page: `previews` maps a shown video id to its embedded thumbnail, `links` to its video."""
+def render(
+    report: RunReport,
+    summary: dict,
+    previews: dict[str, str | None],
+    links: dict[str, str],
+    made_before: dict[str, dict] | None = None,
+) -> str:
+    """The page: `previews` maps a shown video id to its embedded thumbnail, `links` to its video;
+    `made_before` a shown video found complete to its own stage times (used when this run made none)."""
     e = html.escape
     seconds = summary["seconds"] or 0.0
-    rate = f"{60 * summary['done'] / seconds:.1f} videos/min" if seconds and summary["done"] else "–"
+    if summary["done"]:
+        rate = f"{60 * summary['done'] / seconds:.1f} videos/min" if seconds else "–"
+    else:
+        rate = "no video made by this run"
+    stage_seconds, stage_rows = report.stage_seconds, report.stage_rows
+    stages_title = "Time per stage (videos made by this run)"
+    if not stage_rows and made_before:
+        stage_seconds, stage_rows = Counter(), Counter()
+        for timings in made_before.values():
+            for stage, value in timings.items():
+                stage_seconds[stage] += value
+                stage_rows[stage] += 1
+        shown = f"{len(made_before)} video{'s' if len(made_before) != 1 else ''} shown"
+        stages_title = f"Time per stage ({shown}, found complete: the times they took when made)"
     counts = "".join(
         f"<div class=count><b>{summary[k]}</b>{label}</div>"
         for k, label in (
@@ -93,9 +122,9 @@ def render(report: RunReport, summary: dict, previews: dict[str, str | None], li
         )
     )
     stages = "".join(
-        f"<tr><td>{e(stage)}</td><td>{report.stage_rows[stage]}</td><td>{total:.1f}</td>"
-        f"<td>{total / report.stage_rows[stage]:.2f}</td></tr>"
-        for stage, total in report.stage_seconds.most_common()
+        f"<tr><td>{e(stage)}</td><td>{stage_rows[stage]}</td><td>{total:.1f}</td>"
+        f"<td>{total / stage_rows[stage]:.2f}</td></tr>"
+        for stage, total in stage_seconds.most_common()
     )
     cards = []
     for row, video_id, prompts, scores, cached in report.shown:
@@ -146,7 +175,7 @@ td, th {{ border: 1px solid #ddd; padding: 3px 8px; text-align: left; }}
 <h1>stillmotion run</h1>
 <div class=counts>{counts}</div>
 <p>{seconds:.1f} s wall, {rate}{f", {summary['repaired']} repaired" if summary.get("repaired") else ""}</p>
-<h2>Time per stage (videos made by this run)</h2>
+<h2>{e(stages_title)}</h2>
 <table><tr><th>stage</th><th>videos</th><th>total s</th><th>mean s</th></tr>{stages}</table>
 <h2>{e(grid_title)}</h2>
 <div class=grid>{"".join(cards)}</div>

@@ -22,6 +22,7 @@ from .models import (
 from .models.attention import injected_layers
 from .models.candidates import render_candidates
 from .models.images import tensor_to_pil
+from .models.method import edit_notes
 from .models.scoring import find_scorers, frame_prompts, load_scorers, video_scores
 from .outputs import add_candidates, image_files, mp4_bytes, sha256, video_metadata
 from .requests import VideoRequest, read_bytes, resolved  # noqa: F401 - where callers have found them
@@ -136,5 +137,6 @@ def generate_video(
     if candidates:
         add_candidates(metadata, candidates)
     metadata["scores"] = scores
+    metadata["notes"] += edit_notes(sd.tokenizer, caption, list(request.prompts))
     metadata["notes"] += [f"scores: no {name.upper()} scoring model ({why})" for name, why in missing.items()]
     return files, metadata

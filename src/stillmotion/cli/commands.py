@@ -12,6 +12,15 @@ from pathlib import Path
 from typing import NoReturn
 
 from .parser import EXIT_OK, EXIT_ROWS_FAILED, UsageError
+from .startup import (
+    check_before_start,
+    check_local_folder,
+    device_line,
+    no_captioner,
+    say,
+    say_new_buckets,
+    unknown_storage_options,
+)
 
 
 def _quiet_libraries() -> None:
@@ -47,7 +56,9 @@ class StageProgress:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..models import MethodParams, load_stable_diffusion, resolve_device
+    from ..models import MethodParams, ModelNotAvailable, load_stable_diffusion, resolve_device
+    from ..models.identity import inspect_model
+    from ..models.method import edit_notes
     from ..single import VideoRequest, check_for_model, generate_video
     from ..storage import check_video_folder, publish_video_folder
 
@@ -86,13 +97,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
-    # fail on a bad output, device or input before loading any model
+    # fail on a bad output, device, model, captioner or input before loading any model
     check_video_folder(args.out)
     resolve_device(args.device)
+    info = inspect_model(args.model)  # a missing folder, or a hub id not available here
     if args.image is not None:
         from ..models import fit_image, open_image
         from ..single import read_bytes
 
+        if not args.caption and (missing := no_captioner(info.path)):
+            raise ModelNotAvailable(f"cannot caption --image: {missing}; pass --caption TEXT")
         fit_image(open_image(read_bytes(args.image), args.image), 8)
     sd = load_stable_diffusion(
         args.model,
@@ -112,6 +126,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         progress.close()
     out = Path(args.out).resolve()
     publish_video_folder(str(out), files, metadata)
+    for note in edit_notes(sd.tokenizer, metadata["caption"], list(request.prompts)):  # also in its notes
+        print(f"stillmotion generate: note: {note}", file=sys.stderr)
     print(f"wrote {metadata['frame_count']} frames at {metadata['fps']} fps: {out / 'video.mp4'}")
     print(f"caption: {metadata['caption']}")
     return EXIT_OK
@@ -138,6 +154,14 @@ def _configure_storage(options_json: str | None, *urls: str | None) -> None:
     if not options:
         return
     protocols = {protocol_of(url) for url in urls if url} - {"file"}
+    for protocol in sorted(protocols):
+        unknown = unknown_storage_options(protocol, options)
+        if unknown:
+            names = ", ".join(repr(name) for name in unknown)
+            raise UsageError(
+                f"--storage-options: {protocol}:// storage (s3fs) has no option {names}; it takes "
+                "endpoint_url, key, secret, token, anon, client_kwargs, config_kwargs, profile, ..."
+            )
     by_protocol = {protocol: options for protocol in protocols}
     os.environ[STORAGE_OPTIONS_ENV] = json.dumps(by_protocol)
     configure_storage(by_protocol)
@@ -197,7 +221,20 @@ def _set_gpu_slots(mode: str | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ..flows.tracking import count_from
+
+    # the summary and report.html count from the process's start (see cli.main), imports included
+    count_from(getattr(args, "started", None))
+    try:
+        return _cmd_run(args)
+    finally:
+        count_from(None)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     _configure_storage(args.storage_options, args.manifest, args.output, args.cache)
+    check_local_folder("--output", args.output)
+    check_local_folder("--cache", args.cache)
     _set_gpu_slots(args.gpu_slots)
     # row failures are reported in results.parquet and .logs/, not as tracebacks on the terminal;
     # set before a local Dask cluster starts, so its worker processes inherit it
@@ -213,13 +250,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     # the embedded server's first start on a fresh PREFECT_HOME (migrations) took 40 s on a busy
     # 2-core machine, past Prefect's default wait
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    from ..manifests import manifest_warnings
     from .signals import Interrupts, interrupt_types, start_detached_server
 
+    for warning in manifest_warnings(args.manifest):  # a misspelt option column, say
+        say(f"warning: {warning}")
     # SIGINT and SIGTERM stop the run within seconds: the flow writes results.parquet for the rows that
     # finished, one line is printed and the process exits 130 / 143 (see signals.py)
     with Interrupts() as interrupts, contextlib.ExitStack() as stack:
         results_before = None
         try:
+            say_new_buckets(args.output, args.cache)
             results_before = _results_stamp(args.output)
             if not args.force:  # a rerun with nothing to make needs no Prefect server, no Dask, no model
                 from ..flows.resume import finish_if_complete
@@ -229,10 +270,20 @@ def cmd_run(args: argparse.Namespace) -> int:
                     summary = finish_if_complete(**_flow_parameters(args), limit=args.limit)
                 if summary is not None:
                     return _summarise(args, summary)
+            # rows to make: what can fail the run fails now, before seconds of imports and server start-up
+            check_before_start(args)
+            say("loading torch and the model libraries")
             _quiet_libraries()
+            device = device_line(args) if args.runner == "local" else None
             runner = _task_runner(args, stack)
             if runner is None:
+                from prefect.settings import PREFECT_API_URL
+
+                if not PREFECT_API_URL.value():
+                    say("starting the Prefect server (PREFECT_API_URL uses a running one instead)")
                 start_detached_server()  # out of the terminal's process group, so Ctrl-C spares it
+            where = f"on {device}" if device else "on each Dask worker's device"
+            say(f"making the videos: the model loads {where} with the first row that needs it")
             return _run(args, runner)
         except interrupt_types() as error:
             interrupts.note(error)
@@ -292,7 +343,11 @@ def _storage_failures():
 
 
 def _summarise(args: argparse.Namespace, summary: dict) -> int:
-    """The run's one summary line (and its failed rows on stderr); returns the exit status."""
+    """The run's one summary line (and its failed rows on stderr); returns the exit status. Its seconds
+    are the process's so far (see cli.main): the flow's own end (report.html, Prefect's last calls)
+    included."""
+    if getattr(args, "started", None) is not None:
+        summary = {**summary, "seconds": round(time.monotonic() - args.started, 2)}
     repaired = f" ({summary['repaired']} repaired a damaged artifact)" if summary.get("repaired") else ""
     if summary.get("changed"):
         repaired += f" ({summary['changed']} made again: their rows changed)"

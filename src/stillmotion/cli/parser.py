@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from .. import ALGORITHM_VERSION, __version__
 
@@ -110,6 +111,16 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+# the devices torch can be asked for (as models.loading.DEVICE_PATTERN; that module imports torch)
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _device(text: str) -> str:
+    if not DEVICE_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}: use auto, cpu, cuda, cuda:N or mps")
+    return text
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
@@ -117,7 +128,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         help="hub id or local folder of a Stable Diffusion model in diffusers layout, safetensors only "
         "(default: $STILLMOTION_MODEL or CompVis/stable-diffusion-v1-4)",
     )
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--device", type=_device, default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N or mps"
+    )
     parser.add_argument(
         "--channels-last", action="store_true", help="channels-last memory format for UNet and VAE (GPUs)"
     )
@@ -342,8 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
         "$PREFECT_API_URL and serve it from this process until interrupted: each scheduled (or manually "
         "triggered) run makes every missing video of MANIFEST_URL.",
     )
-    serve.add_argument("manifest", metavar="MANIFEST_URL")
-    serve.add_argument("--output", required=True, metavar="OUTPUT_URL")
+    serve.add_argument("manifest", metavar="MANIFEST_URL", help="Parquet manifest: a path or fsspec URL")
+    serve.add_argument(
+        "--output",
+        required=True,
+        metavar="OUTPUT_URL",
+        help="where videos and results go, a folder or fsspec URL (s3://bucket/videos): as `run --output`",
+    )
     serve.add_argument("--cache", metavar="CACHE_URL", help="default OUTPUT_URL/.cache")
     serve.add_argument("--cron", default="0 2 * * *", help='schedule, cron syntax (default "0 2 * * *")')
     serve.add_argument("--name", default="stillmotion-nightly", help="deployment name (stillmotion-nightly)")
@@ -372,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
         "validate",
         help="check every row of a manifest, decoding every image",
         description="Check every row of a manifest, opening and fully decoding every image. Prints one line "
-        "per bad row (row index, video_id, column, reason); exit 0 when all rows are valid, 1 otherwise.",
+        "per bad row (row index, video_id, column, reason), one line with its count of rows for a column of "
+        "the wrong type, and a warning for a column that looks like a misspelt option column (Frames, fsp); "
+        "exit 0 when all rows are valid, 1 otherwise.",
     )
     validate.add_argument("manifest", metavar="MANIFEST_URL")
     validate.add_argument("--storage-options", metavar="JSON", help="fsspec options for the URLs (JSON)")

@@ -133,6 +133,11 @@ def open_batch(
     try:
         outputs.write_bytes(".stillmotion-run", f"{time.time()}\n".encode())
     except Exception as error:  # noqa: BLE001 - any failure here means "cannot write the output"
+        if isinstance(error, FileExistsError | NotADirectoryError):  # a file where a folder must go
+            raise RunError(
+                f"cannot write to output {output}: {error.filename or output} is a file, not a folder: "
+                "name a folder (new or existing)"
+            ) from None
         raise RunError(f"cannot write to output {output}: {error}") from None
     videos = OutputStore(f"{cache_url}/rows") if packed else outputs
     outputs.clean_leftovers()  # leases of killed runs; their temporary files and staging folders (local)

@@ -303,10 +303,10 @@ class RunTracker:
             )
         # a run that made nothing (a rerun of complete videos) shows the shown videos' own stage times, from
         # their metadata.json, read with the previews (at most SAMPLE of each)
-        made_before = [v for _, v, *_, cached in self.report.shown if cached] if not self.report.stage_rows else []
+        made_before = [] if self.report.stage_rows else [v for _, v, *_, old in self.report.shown if old]
         try:
-            paths = {self.rows.path(f"{video_id}/preview.png"): ("preview", video_id) for video_id in shown}
-            paths |= {self.rows.path(f"{video_id}/metadata.json"): ("timings", video_id) for video_id in made_before}
+            paths = {self.rows.path(f"{v}/preview.png"): ("preview", v) for v in shown}
+            paths |= {self.rows.path(f"{v}/metadata.json"): ("timings", v) for v in made_before}
             found = self.rows.fs.cat(list(paths), on_error="omit") if paths else {}
             previews, timings = {}, {}
             for path, data in found.items():
@@ -327,7 +327,9 @@ def _timings(metadata: bytes) -> dict:
         timings = json.loads(metadata).get("timings")
     except (ValueError, AttributeError):
         return {}
-    return {k: v for k, v in timings.items() if isinstance(v, int | float)} if isinstance(timings, dict) else {}
+    if not isinstance(timings, dict):
+        return {}
+    return {stage: seconds for stage, seconds in timings.items() if isinstance(seconds, int | float)}
 
 
 def _progress_artifact(tracker: RunTracker, percent: float) -> None:

@@ -1,6 +1,6 @@
 """Parquet manifests (DESIGN 4): read row by row into requests, validate, report bad rows one line each."""
 
-from .reader import iter_manifest, manifest_summary, resolve_image
+from .reader import caption_needs, iter_manifest, manifest_summary, manifest_warnings, resolve_image
 from .schema import (
     MANIFEST_COLUMNS,
     MANIFEST_SCHEMA,
@@ -19,10 +19,12 @@ __all__ = [
     "ManifestError",
     "ManifestRow",
     "RowError",
+    "caption_needs",
     "check_rows",
     "default_seed",
     "iter_manifest",
     "manifest_summary",
+    "manifest_warnings",
     "print_validation",
     "resolve_image",
     "validate_manifest",

@@ -36,6 +36,7 @@ from .schema import (
     RowError,
     check_columns,
     column_type_error,
+    column_warnings,
     default_seed,
 )
 
@@ -46,10 +47,11 @@ _MAX_SEED = 2**63  # torch generators take seeds below this
 class _RowFailure(Exception):
     """Internal: one row's first problem, turned into a RowError by the reader."""
 
-    def __init__(self, column: str, reason: str) -> None:
+    def __init__(self, column: str, reason: str, column_wide: bool = False) -> None:
         super().__init__(reason)
         self.column = column
         self.reason = reason
+        self.column_wide = column_wide
 
 
 def iter_manifest(
@@ -151,12 +153,12 @@ def _build_row(
             raise _RowFailure("video_id", bad["video_id"])
         _check_video_id(index, raw_id, safe_id, type_errors, first_row)
         if type_errors:
-            raise _RowFailure(*next(iter(type_errors.items())))
+            raise _RowFailure(*next(iter(type_errors.items())), column_wide=True)
         if bad:
             raise _RowFailure(*next(iter(bad.items())))
         request = _request(safe_id, values, url)
     except _RowFailure as failure:
-        error = RowError(index, raw_id, failure.column, failure.reason)
+        error = RowError(index, raw_id, failure.column, failure.reason, failure.column_wide)
         return ManifestRow(index, safe_id, None, error, extra)
     return ManifestRow(index, safe_id, request, None, extra)
 
@@ -173,7 +175,7 @@ def _check_video_id(
     first_row: dict[str, int],
 ) -> None:
     if "video_id" in type_errors:
-        raise _RowFailure("video_id", type_errors["video_id"])
+        raise _RowFailure("video_id", type_errors["video_id"], column_wide=True)
     if raw_id is None:
         raise _RowFailure("video_id", "video_id is missing")
     if safe_id is None:
@@ -202,7 +204,7 @@ def _request(video_id: str, values: dict, url: str) -> VideoRequest:
     prompts = values.get("prompts")
     if not prompts:
         raise _RowFailure("prompts", "the prompt list is missing or empty")
-    for number, prompt in enumerate(prompts):
+    for number, prompt in enumerate(prompts, 1):  # counted from 1, as `generate --prompt` counts them
         if prompt is None or not prompt.strip():
             raise _RowFailure("prompts", f"prompt {number} is blank")
 
@@ -270,6 +272,50 @@ def _one_line(error: BaseException) -> str:
     return (
         f"{type(error).__name__}: {text}" if isinstance(error, FileNotFoundError | PermissionError) else text
     )
+
+
+def manifest_warnings(url: str, storage_options: dict | None = None) -> list[str]:
+    """What looks wrong in the manifest's columns without failing a row (a misspelt option column), from
+    the Parquet footer; [] when it cannot be read (reading it for real says why)."""
+    try:
+        with fsspec.open(url, "rb", **(storage_options or {})) as handle:
+            schema = pq.ParquetFile(handle).schema_arrow
+    except Exception:  # noqa: BLE001 - the run's or validate's own read reports it, in one line
+        return []
+    return column_warnings(schema)
+
+
+def caption_needs(url: str, limit: int | None = None, storage_options: dict | None = None) -> tuple[int, int]:
+    """(image rows with no caption, rows) among the first `limit` rows: the rows a captioner must caption.
+    Reads the image, source_prompt and caption columns only; (0, 0) when they cannot be read (the run's
+    own read says why, or fails those rows on their column)."""
+    needing = rows = 0
+    try:
+        with fsspec.open(url, "rb", **(storage_options or {})) as handle:
+            parquet = pq.ParquetFile(handle)
+            schema = parquet.schema_arrow
+            names = [name for name in ("image", "source_prompt", "caption") if name in schema.names]
+            if "image" not in names or any(
+                column_type_error(name, schema.field(name).type) for name in names
+            ):
+                return 0, 0  # no image rows, or rows that fail on a column's type anyway
+            for batch in parquet.iter_batches(columns=names, batch_size=65536):
+                n = batch.num_rows
+                images = batch.column("image").to_pylist()
+                sources = (
+                    batch.column("source_prompt").to_pylist() if "source_prompt" in names else [None] * n
+                )
+                captions = batch.column("caption").to_pylist() if "caption" in names else [None] * n
+                for image, source, caption in zip(images, sources, captions, strict=True):
+                    if limit is not None and rows >= limit:
+                        return needing, rows
+                    rows += 1
+                    needing += bool(
+                        image and image.strip() and source is None and not (caption and caption.strip())
+                    )
+    except Exception:  # noqa: BLE001 - unreadable, or text that is not UTF-8: the run's own read reports it
+        return 0, 0
+    return needing, rows
 
 
 def manifest_summary(url: str, storage_options: dict | None = None) -> tuple[int, list]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -69,6 +70,9 @@ class RowError:
     video_id: str | None  # the id as written (possibly unsafe), None when absent
     column: str
     reason: str
+    column_wide: bool = (
+        False  # the whole column is at fault (its type): `validate` says it once, with a count
+    )
 
     def __str__(self) -> str:
         shown = (
@@ -110,6 +114,48 @@ def check_columns(schema: pa.Schema, url: str) -> None:
             raise ManifestError(f"manifest {url}: required column {name!r} is missing")
     if not any(name in names for name in SOURCE_COLUMNS):
         raise ManifestError(f"manifest {url}: needs an 'image' or a 'source_prompt' column, found neither")
+
+
+def misspelt_columns(names: list[str]) -> list[tuple[str, str]]:
+    """(column, the manifest column it looks like) for each column that is not a manifest column but
+    matches one but for case, separators or a small typo (`Frames`, `fsp`, `key-frames`): carried through
+    as an extra column, it would silently leave its option at the default. difflib proposes, and a typo
+    is at most one edit (two for names over five letters; a swap of neighbours is one)."""
+    found = []
+    for name in names:
+        if name in MANIFEST_COLUMNS:
+            continue
+        lowered = name.strip().lower().replace("-", "_").replace(" ", "_")
+        for known in difflib.get_close_matches(lowered, MANIFEST_COLUMNS, n=3, cutoff=0.6):
+            if _edits(lowered, known) <= (1 if len(known) <= 5 else 2) or lowered.replace(
+                "_", ""
+            ) == known.replace("_", ""):
+                found.append((name, known))
+                break
+    return found
+
+
+def _edits(a: str, b: str) -> int:
+    """Edits from a to b: insertions, deletions, substitutions and swaps of neighbours (optimal string
+    alignment distance)."""
+    previous2, previous = None, list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], previous2[j - 2] + 1)
+        previous2, previous = previous, row
+    return previous[-1]
+
+
+def column_warnings(schema: pa.Schema) -> list[str]:
+    """One line per column that looks like a misspelt manifest column."""
+    return [
+        f"column {name!r} is not a manifest column (carried to the results as is, the option left at its "
+        f"default): did you mean {known!r}?"
+        for name, known in misspelt_columns(schema.names)
+    ]
 
 
 def column_type_error(name: str, kind: pa.DataType) -> str | None:

@@ -1,12 +1,15 @@
 """`stillmotion validate`: every bad row of a manifest, with the run's own checks.
 
 The reader's (every column, and the bounds of stillmotion.limits on numbers, lists and texts), then each
-image's: its size against the image bounds, from its header, and a full decode.
+image's: its size against the image bounds, from its header, and a full decode. A problem of a whole
+column (its type) is one line with the count of rows it fails, not one line per row; a column that looks
+like a misspelt option column is a warning.
 """
 
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from typing import TextIO
 
@@ -15,7 +18,7 @@ from fsspec.core import split_protocol
 
 from ..models.images import ImageError, open_image
 from ..requests import read_bytes
-from .reader import iter_manifest
+from .reader import iter_manifest, manifest_warnings
 from .schema import ManifestRow, RowError
 
 
@@ -46,14 +49,23 @@ def validate_manifest(
 
 
 def print_validation(url: str, storage_options: dict | None = None, out: TextIO | None = None) -> int:
-    """Print one line per bad row and a summary; 0 when every row is valid, 1 otherwise."""
+    """Print a warning per misspelt-looking column, one line per bad row (one per column, with its count
+    of rows, for a column of the wrong type) and a summary; 0 when every row is valid, 1 otherwise."""
     out = out if out is not None else sys.stdout
+    for warning in manifest_warnings(url, storage_options):
+        print(f"warning: {warning}", file=out)
     rows = invalid = 0
+    whole_columns: Counter[tuple[str, str]] = Counter()  # (column, reason) -> rows it fails
     for _row, error in check_rows(url, storage_options):
         rows += 1
         if error is not None:
             invalid += 1
-            print(error, file=out)
+            if error.column_wide:
+                whole_columns[error.column, " ".join(error.reason.split())] += 1
+            else:
+                print(error, file=out)
+    for (column, reason), count in whole_columns.items():
+        print(f"{column}: {reason}: {count} row{'s' if count != 1 else ''} fail for it", file=out)
     print(f"{rows} rows, {invalid} invalid", file=out)
     return 0 if invalid == 0 else 1
 

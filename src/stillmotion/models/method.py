@@ -128,6 +128,47 @@ def word_change(caption: str, prompt: str) -> tuple[str, str] | None:
     return " ".join(old[i1:i2]), " ".join(new[j1:j2])
 
 
+def edit_notes(tokenizer, caption: str, prompts: Sequence[str]) -> list[str]:
+    """A note per prompt whose edit can do nothing visible: one the tokenizer reads exactly as the text
+    before it (the caption for prompt 1, else the previous prompt), so its segment's edit direction is
+    zero; or one whose new words the tokenizer does not know (its unknown token, or spelled out letter by
+    letter, as a toy model's ten-word vocabulary spells "purple"), so the direction holds nothing the
+    model learned. Prompts are numbered from 1."""
+    notes, before, before_name = [], caption, "the caption"
+    for number, prompt in enumerate(prompts, 1):
+        if tokenizer(prompt).input_ids == tokenizer(before).input_ids:
+            notes.append(
+                f"prompt {number} {prompt!r} reads as {before_name} to the model's tokenizer: the edit "
+                f"direction of segment {number} is zero, so its frames do not change"
+            )
+        else:
+            known = set(before.lower().split())
+            unknown = [word for word in dict.fromkeys(prompt.lower().split()) if word not in known]
+            unknown = [word for word in unknown if _unknown_word(tokenizer, word)]
+            if unknown:
+                words = ", ".join(repr(word) for word in unknown)
+                notes.append(
+                    f"prompt {number} {prompt!r}: the model's tokenizer does not know {words} (spelled "
+                    "letter by letter or unknown): the edit direction is (near) zero for what the model "
+                    "learned, so the video may not change"
+                )
+        before, before_name = prompt, f"prompt {number}"
+    return notes
+
+
+def _unknown_word(tokenizer, word: str) -> bool:
+    """Whether the tokenizer has no piece for a word of two or more letters: it maps it to its unknown
+    token, or only to single characters."""
+    word = word.strip(".,;:!?\"'()")
+    if len(word) < 2:
+        return False
+    pieces = tokenizer.tokenize(word)
+    unknown = tokenizer.unk_token
+    return any(piece == unknown for piece in pieces) or all(
+        len(piece.removesuffix("</w>")) == 1 for piece in pieces
+    )
+
+
 def sentence_targets(
     sd: StableDiffusion,
     caption: str,

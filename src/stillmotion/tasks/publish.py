@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import sys
+import threading
+
 from prefect import task
 
+from ..models.method import edit_notes
 from ..outputs import add_candidates, image_files, video_metadata
 from ..storage import OutputStore
 from .runtime import Job
@@ -63,6 +68,7 @@ def publish_stage(
         metadata["scores"] = scores["scores"]
         if scores.get("note"):
             metadata["notes"].append(f"scores: {scores['note']}")
+    metadata["notes"] += _edit_notes(job, caption["caption"])
     metadata["artifacts"] = {name: stage["key"] for name, stage in stages.items() if stage and "key" in stage}
     metadata["computed_with"] = {
         name: {field: stage[field] for field in ("device", "dtype", "batch_size", "worker") if field in stage}
@@ -79,3 +85,33 @@ def publish_stage(
         "scores": scores["scores"] if scores else None,
         "timings": metadata["timings"],
     }
+
+
+_SAID: set[str] = set()  # the notes already said on this process's stderr (each once, whatever the rows)
+_SAID_LOCK = threading.Lock()
+
+
+def _edit_notes(job: Job, caption: str) -> list[str]:
+    """The row's prompts whose edit can do nothing visible (models.method.edit_notes), also said on stderr
+    once per process; none when the tokenizer cannot be loaded (a note never fails a row)."""
+    try:
+        tokenizer = _tokenizer(job.model_source, job.revision if job.hub_model else None)
+    except Exception:  # noqa: BLE001 - a note is not worth failing a published video for
+        return []
+    notes = edit_notes(tokenizer, caption, list(job.request.prompts))
+    with _SAID_LOCK:
+        fresh = [note for note in notes if note not in _SAID]
+        _SAID.update(fresh)
+    for note in fresh:
+        from tqdm.auto import tqdm  # above the progress bar, not through it
+
+        tqdm.write(f"stillmotion: {job.video_id}: {note}", file=sys.stderr)
+    return notes
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(source: str, revision: str | None):
+    """The model's tokenizer alone (no weights), once per process."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision)
