@@ -1,5 +1,5 @@
-"""The `stillmotion` command: generate, run, serve, gpu-slots, validate, make-tiny-model, train-toy (DESIGN
-section 3).
+"""The `stillmotion` command: generate, run, merge, serve, gpu-slots, validate, make-tiny-model, train-toy
+(DESIGN section 3).
 
 Exit statuses: 0 success; 1 the command could not do its job; 2 usage error; `run` exits 3
 when it finished but some rows failed. Errors a user can fix print one line, no traceback.
@@ -18,6 +18,7 @@ from .commands import (
     cmd_generate,
     cmd_gpu_slots,
     cmd_make_tiny_model,
+    cmd_merge,
     cmd_run,
     cmd_serve,
     cmd_train_toy,
@@ -31,6 +32,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "gpu-slots": cmd_gpu_slots,
     "validate": cmd_validate,
+    "merge": cmd_merge,
     "make-tiny-model": cmd_make_tiny_model,
     "train-toy": cmd_train_toy,
 }

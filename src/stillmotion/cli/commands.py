@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from .parser import EXIT_OK, EXIT_ROWS_FAILED, UsageError
+from .parser import EXIT_FAILED, EXIT_OK, EXIT_ROWS_FAILED, UsageError
 from .startup import (
     check_before_start,
     check_local_folder,
@@ -210,6 +210,8 @@ def _flow_parameters(args: argparse.Namespace) -> dict:
         "manifest output cache model device dtype channels_last compile_unet in_flight chunk_rows batch_size "
         "model_scores output_format shard_size"
     )
+    if getattr(args, "command", None) == "run":
+        names += " num_shards shard_index"
     return {name: getattr(args, name) for name in names.split()}
 
 
@@ -231,6 +233,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         count_from(None)
 
 
+def _own_prefect_home(args: argparse.Namespace) -> None:
+    """An index of a split with no Prefect server runs its own embedded one in its own PREFECT_HOME
+    (several embedded servers on one SQLite home conflict): HOME/stillmotion-index-N-K. Before Prefect is
+    imported; nothing when PREFECT_API_URL names a server."""
+    from ..flows.parts import split_of
+
+    if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
+        return
+    split = split_of(args.num_shards, args.shard_index, 1)
+    if split is not None:
+        home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
+        os.environ["PREFECT_HOME"] = str(home / f"stillmotion-index-{split.count}-{split.index}")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     _configure_storage(args.storage_options, args.manifest, args.output, args.cache)
     check_local_folder("--output", args.output)
@@ -250,6 +266,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # the embedded server's first start on a fresh PREFECT_HOME (migrations) took 40 s on a busy
     # 2-core machine, past Prefect's default wait
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    _own_prefect_home(args)
     from ..manifests import manifest_warnings
     from .signals import Interrupts, interrupt_types, start_detached_server
 
@@ -354,7 +371,7 @@ def _summarise(args: argparse.Namespace, summary: dict) -> int:
     print(
         f"{summary['rows']} rows: {summary['done']} made{repaired}, {summary['cached']} already complete, "
         f"{summary['failed']} failed in {summary['seconds']} s; "
-        f"results: {args.output.rstrip('/')}/results.parquet"
+        f"results: {summary.get('results') or args.output.rstrip('/') + '/results.parquet'}"
     )
     busy = summary.get("shards", {}).get("busy")
     if busy:  # another live run holds their leases: it packs them
@@ -392,7 +409,7 @@ def _print_failures(output: str, summary: dict) -> None:
         print(
             f"  failed: {failure['video_id']!r} (row {failure['row']}): {failure['error']}", file=sys.stderr
         )
-    where = f"{output.rstrip('/')}/results.parquet"
+    where = summary.get("results") or f"{output.rstrip('/')}/results.parquet"
     logs = summary.get("logs", f"{output.rstrip('/')}/.logs")  # the cache's with --format webdataset
     try:
         store = OutputStore(logs)
@@ -506,6 +523,27 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     _configure_storage(args.storage_options, args.manifest)
     return print_validation(args.manifest)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """results.parquet and report.html from a split run's parts; exit 1 when an index is missing or
+    incomplete (with the commands that rerun them), 3 when rows failed."""
+    from ..flows.parts import merge
+
+    _configure_storage(args.storage_options, args.output)
+    with _storage_failures():
+        summary, parts = merge(args.output)
+    status = _summarise(args, summary)
+    if not parts.whole:
+        for what, indices in (("missing", parts.missing), ("incomplete", parts.incomplete)):
+            if indices:
+                shown = ", ".join(map(str, indices))
+                print(f"stillmotion merge: {what} indices of {parts.count}: {shown}", file=sys.stderr)
+        print("stillmotion merge: run them again (then merge):", file=sys.stderr)
+        for command in parts.rerun_commands():
+            print(f"  {command}", file=sys.stderr)
+        return EXIT_FAILED
+    return status
 
 
 def cmd_train_toy(args: argparse.Namespace) -> int:

@@ -16,7 +16,11 @@ class UsageError(Exception):
 
 def _add_flow_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--in-flight", type=_positive("--in-flight"), default=4, help="rows submitted at once (4)"
+        "--in-flight",
+        type=_positive("--in-flight"),
+        default=None,
+        help="rows submitted at once (default: 4 locally; under Dask twice the cluster's GPUs, re-read as "
+        "workers join or leave)",
     )
     parser.add_argument(
         "--chunk-rows",
@@ -343,6 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
         help='fsspec options for the URLs, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'; kept out of '
         "flow parameters, logs and results",
     )
+    split = run.add_argument_group(
+        "static shards (any launcher)",
+        "make only one index's blocks of rows (--shard-size rows in webdataset, 32 in files; block b to "
+        "index b mod N) and write its part of the results; `stillmotion merge OUTPUT_URL` joins the parts. "
+        "Default: from Slurm's SLURM_ARRAY_TASK_ID/_MIN/_COUNT, or Kubernetes' JOB_COMPLETION_INDEX "
+        "(with --num-shards), else the whole manifest",
+    )
+    split.add_argument("--num-shards", type=_positive("--num-shards"), metavar="N", help="indices in all")
+    split.add_argument(
+        "--shard-index", type=_positive("--shard-index", 0), metavar="K", help="this index, 0..N-1"
+    )
     _add_flow_options(run)
     _add_gpu_slots_option(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -396,6 +411,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("manifest", metavar="MANIFEST_URL")
     validate.add_argument("--storage-options", metavar="JSON", help="fsspec options for the URLs (JSON)")
+
+    merge = commands.add_parser(
+        "merge",
+        help="join the parts of a split run (--num-shards) into results.parquet and report.html",
+        description="Read the parts the indices of the newest split wrote under OUTPUT_URL/.parts/ and write "
+        "OUTPUT_URL/results.parquet and report.html for the whole manifest. Names the indices that are "
+        "missing or incomplete, with the command that reruns each: exit 1 then; 3 when rows failed; 0.",
+    )
+    merge.add_argument("output", metavar="OUTPUT_URL")
+    merge.add_argument("--storage-options", metavar="JSON", help="fsspec options for the URLs (JSON)")
 
     toy = commands.add_parser(
         "train-toy",

@@ -283,6 +283,7 @@ class RunTracker:
             "seconds": round(time.monotonic() - self._start, 2),
             "failures": self.failures,
             "logs": self.rows.url_of(".logs"),
+            "results": self.outputs.url_of(self.results_name),
         }
         if self.shards is not None:
             summary["shards"] = self.shards.counts()
