@@ -1,6 +1,7 @@
 """Against a real `prefect server start` on 127.0.0.1: a served, scheduled deployment, and the Dask runner."""
 
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -253,3 +254,67 @@ def test_two_runs_share_one_gpu_slot_and_never_hold_it_at_once(server, manifest,
     # the runs overlapped: the slot passed from one process to the other and back
     switches = sum(a["pid"] != b["pid"] for a, b in zip(holds, holds[1:], strict=False))
     assert switches >= 2, [hold["pid"] for hold in holds]
+
+
+def test_external_dask_cluster_keeps_every_worker_busy_and_survives_losing_one(
+    server, tiny_model_dir, tmp_path
+):
+    """A real `dask scheduler` and two `dask worker --resources GPU=1` processes on loopback, as the README
+    shows: the rows in flight follow the cluster (2 x its GPUs), both workers make rows, and a worker
+    killed with SIGKILL mid-run is survived: every row completes and nothing finished is made again."""
+    from distributed import Client
+
+    from services import free_port, wait_until
+
+    port, rows = free_port(), 12
+    address, loopback = f"tcp://127.0.0.1:{port}", ["--dashboard-address", "127.0.0.1:0"]
+    log = open(tmp_path / "dask.log", "wb")  # noqa: SIM115 - closed at the end
+    dask = str(BIN / "dask")
+    scheduler = start([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), *loopback], server,
+                      stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    workers = []
+    try:
+        for i in range(2):
+            args = [dask, "worker", address, "--resources", "GPU=1", "--nthreads", "2", "--no-nanny"]
+            workers.append(start([*args, "--name", f"w{i}", *loopback], server, stdout=log, stderr=log))
+        with Client(address, timeout=60) as client:
+            wait_until(lambda: len(client.scheduler_info()["workers"]) == 2, scheduler, "two Dask workers")
+        table = pa.table(
+            {
+                "video_id": [f"d{i}" for i in range(rows)],
+                "source_prompt": ["a red car"] * rows,
+                "prompts": [[f"a blue car {i}"] for i in range(rows)],
+                "steps": [6] * rows,
+                "keyframes": [2] * rows,
+                "frames": [2] * rows,
+            }
+        )
+        pq.write_table(table, tmp_path / "m.parquet")
+        output = tmp_path / "out"
+        args = [str(BIN / "stillmotion"), "run", str(tmp_path / "m.parquet"), "--output", str(output)]
+        args += ["--model", str(tiny_model_dir), "--no-progress", "--runner", "dask"]
+        errors = open(tmp_path / "run.err", "wb")  # noqa: SIM115 - closed below
+        run = start([*args, "--dask-address", address], server, stdout=subprocess.DEVNULL, stderr=errors)
+        wait_until(lambda: len(list(output.glob("d*/metadata.json"))) >= 3, run, "three videos", timeout=300)
+        finished = {p.parent.name for p in output.glob("d*/metadata.json")}
+        keys = {v: json.loads((output / v / "metadata.json").read_text())["artifacts"] for v in finished}
+        sidecars = [output / ".cache" / "artifacts" / f"{k}.json" for a in keys.values() for k in a.values()]
+        stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sidecars if p.exists()}
+        stop(workers[0], signal.SIGKILL)  # a machine lost mid-run
+        run.wait(timeout=400)
+        errors.close()
+        stderr = (tmp_path / "run.err").read_text()
+        assert run.returncode == 0, stderr[-3000:]
+        assert "rows in flight: 4 (2 Dask workers)" in stderr  # 2 x the cluster's GPUs, not a fixed 4
+        results = pq.read_table(output / "results.parquet").to_pylist()
+        assert [r["status"] for r in results] == ["ok"] * rows
+        assert all((output / f"d{i}" / "video.mp4").exists() for i in range(rows))
+        assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in stamps} == stamps  # none made again
+        made_by = set()
+        for sidecar in (output / ".cache" / "artifacts" / "keyframes").glob("*.json"):
+            made_by.add(json.loads(sidecar.read_text())["worker"])
+        assert len(made_by) == 2, made_by  # both workers made rows
+    finally:
+        for process in [*workers, scheduler]:
+            stop(process)
+        log.close()

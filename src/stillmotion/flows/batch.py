@@ -267,7 +267,7 @@ class InFlight:
 
     def __init__(self, runner, given: int | None) -> None:
         self.runner, self.given = runner, given
-        self._size, self._read = DEFAULT_IN_FLIGHT, float("-inf")
+        self._size, self._read, self._said = DEFAULT_IN_FLIGHT, float("-inf"), None
 
     def size(self) -> int:
         if self.given is not None:
@@ -277,9 +277,14 @@ class InFlight:
         if time.monotonic() - self._read > INFLIGHT_REFRESH_S:
             self._read = time.monotonic()
             try:
-                self._size = cluster_rows(self.runner.client.scheduler_info()["workers"])
+                workers = self.runner.client.scheduler_info()["workers"]
             except Exception:  # noqa: BLE001 - a scheduler briefly unreachable: keep the last size
-                pass
+                return self._size
+            size = cluster_rows(workers)
+            if size != self._said:  # on the terminal, not through Prefect's logger (a run keeps that quiet)
+                sys.stderr.write(f"stillmotion: rows in flight: {size} ({len(workers)} Dask workers)\n")
+                self._said = size
+            self._size = size
         return self._size
 
 
