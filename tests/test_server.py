@@ -272,11 +272,17 @@ def test_external_dask_cluster_keeps_every_worker_busy_and_survives_losing_one(
     dask = str(BIN / "dask")
     scheduler = start([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), *loopback], server,
                       stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    # A Nanny (LocalCluster, `dask worker` without --no-nanny) starts its worker with OMP_NUM_THREADS=1
+    # (distributed.nanny.pre-spawn-environ); --no-nanny workers (here for their pids) do not, so each
+    # would run torch on 2 OpenMP threads: 4 spinning threads on this 2-core machine (shared with other
+    # tests) made one worker's first key frames take 15-28 s while the other's took 1.2 s, and three
+    # rows were done before the slow worker had finished one (measured with py-spy: slow, not hung).
+    worker_env = {**server, "OMP_NUM_THREADS": "1"}
     workers = []
     try:
         for i in range(2):
             args = [dask, "worker", address, "--resources", "GPU=1", "--nthreads", "2", "--no-nanny"]
-            workers.append(start([*args, "--name", f"w{i}", *loopback], server, stdout=log, stderr=log))
+            workers.append(start([*args, "--name", f"w{i}", *loopback], worker_env, stdout=log, stderr=log))
         with Client(address, timeout=60) as client:
             wait_until(lambda: len(client.scheduler_info()["workers"]) == 2, scheduler, "two Dask workers")
         table = pa.table(
@@ -295,12 +301,21 @@ def test_external_dask_cluster_keeps_every_worker_busy_and_survives_losing_one(
         args += ["--model", str(tiny_model_dir), "--no-progress", "--runner", "dask"]
         errors = open(tmp_path / "run.err", "wb")  # noqa: SIM115 - closed below
         run = start([*args, "--dask-address", address], server, stdout=subprocess.DEVNULL, stderr=errors)
-        wait_until(lambda: len(list(output.glob("d*/metadata.json"))) >= 3, run, "three videos", timeout=300)
+        keyframes = output / ".cache" / "artifacts" / "keyframes"
+
+        def makers() -> set:
+            return {json.loads(p.read_text())["worker"] for p in keyframes.glob("*.json")}
+
+        # a worker is lost mid-run, once both have made key frames (a worker's first row pays for its
+        # imports and model load; under a busy machine one can lag) and three videos are out
+        wait_until(lambda: len(list(output.glob("d*/metadata.json"))) >= 3 and len(makers()) == 2, run,
+                   "three videos and key frames from both workers", timeout=300)  # fmt: skip
         finished = {p.parent.name for p in output.glob("d*/metadata.json")}
         keys = {v: json.loads((output / v / "metadata.json").read_text())["artifacts"] for v in finished}
         sidecars = [output / ".cache" / "artifacts" / f"{k}.json" for a in keys.values() for k in a.values()]
         stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sidecars if p.exists()}
         stop(workers[0], signal.SIGKILL)  # a machine lost mid-run
+        assert len(finished) < rows, "every row was done before the kill: it did not happen mid-run"
         run.wait(timeout=400)
         errors.close()
         stderr = (tmp_path / "run.err").read_text()
@@ -310,10 +325,7 @@ def test_external_dask_cluster_keeps_every_worker_busy_and_survives_losing_one(
         assert [r["status"] for r in results] == ["ok"] * rows
         assert all((output / f"d{i}" / "video.mp4").exists() for i in range(rows))
         assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in stamps} == stamps  # none made again
-        made_by = set()
-        for sidecar in (output / ".cache" / "artifacts" / "keyframes").glob("*.json"):
-            made_by.add(json.loads(sidecar.read_text())["worker"])
-        assert len(made_by) == 2, made_by  # both workers made rows
+        assert len(made_by := makers()) == 2, made_by  # both workers made rows
     finally:
         for process in [*workers, scheduler]:
             stop(process)
