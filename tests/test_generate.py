@@ -176,7 +176,7 @@ def test_usage_errors_exit_2(tmp_path, capsys, args):
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_console_script_reports_errors_without_traceback(tmp_path):
+def test_console_script_reports_errors_without_traceback(tmp_path, tiny_model_dir):
     """The installed `stillmotion` entry point, as a user runs it."""
     exe = Path(sys.executable).parent / "stillmotion"
     result = subprocess.run(
@@ -189,6 +189,10 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
             "a",
             "--out",
             str(tmp_path / "o"),
+            "--caption",  # a captioner is checked before the image (the default model has none here)
+            "a photo",
+            "--model",
+            str(tiny_model_dir),
         ],
         capture_output=True,
         text=True,

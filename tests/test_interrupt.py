@@ -112,7 +112,13 @@ def test_signal_stops_run_at_once_then_rerun_resumes(tiny_model_dir, tmp_path, p
     assert took <= EXIT_WITHIN, f"took {took:.1f} s from {signum.name} to the exit"
     print(f"{signum.name}: exited {process.returncode} {took:.1f} s after the signal")
     assert "Traceback" not in stderr and "Traceback" not in stdout
-    lines = stderr.strip().splitlines()
+    # besides what start-up says (one line a step) and the notes on prompts the tiny model cannot read
+    said = ("stillmotion run: loading", "stillmotion run: starting", "stillmotion run: making")
+    lines = [
+        line
+        for line in stderr.strip().splitlines()
+        if not line.startswith(said) and not (line.startswith("stillmotion: v") and ": prompt " in line)
+    ]
     assert len(lines) <= 2, stderr
     assert f"interrupted ({signum.name})" in lines[-1] and "run again to resume" in lines[-1], stderr
 
