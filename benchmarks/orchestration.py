@@ -201,8 +201,9 @@ def compute_seconds(output: Path) -> dict:
 
 def clone_outputs(output: Path, manifest: Path, model: Path) -> None:
     """Make every row complete without a cold run: each missing id gets the first finished folder's files
-    hard-linked, and a metadata.json of its own, with its id and its own row fingerprint (computed by
-    the run's own code), so the rerun checks every row's fingerprint as it would after a cold run."""
+    hard-linked, and every id a metadata.json of its own (never a hard link), with its id and its own row
+    fingerprint (computed by the run's own code), so the rerun checks every row's fingerprint as it would
+    after a cold run."""
     from stillmotion.flows.lookup import RowLookup
     from stillmotion.manifests import iter_manifest
     from stillmotion.models.identity import inspect_model
@@ -216,11 +217,9 @@ def clone_outputs(output: Path, manifest: Path, model: Path) -> None:
         batch = rows[start : start + 1000]
         for row, (request, _, fingerprint) in zip(batch, lookup.fingerprints(batch), strict=True):
             target = output / row.video_id
-            if target.exists():
-                continue
-            shutil.copytree(
-                first, target, copy_function=os.link, ignore=shutil.ignore_patterns("metadata.json")
-            )
+            if not target.exists():  # the seed run's own rows (made from its own images) are stamped too
+                skip = shutil.ignore_patterns("metadata.json")
+                shutil.copytree(first, target, copy_function=os.link, ignore=skip)
             metadata = {**template, "video_id": row.video_id, "prompts": list(request.prompts)}
             metadata["fingerprint"] = fingerprint
             (target / "metadata.json").write_text(json.dumps(metadata, indent=2))
