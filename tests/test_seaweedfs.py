@@ -319,3 +319,69 @@ def wait_past_second(stamps_seen: dict) -> None:
     """Sleep until the newest LastModified seen is over a second old, so that a rewrite shows."""
     newest = max(stamp for _, stamp in stamps_seen.values())
     time.sleep(max(0.0, newest + 1.1 - time.time()))
+
+
+def test_three_indices_one_killed_and_rerun_then_merge(
+    seaweedfs, prefect_api, tiny_model_dir, tmp_path, monkeypatch
+):
+    """Three `stillmotion run --num-shards 3 --shard-index k` processes on one manifest and output
+    (webdataset, 2 rows a shard), one killed with SIGKILL mid-run and rerun alone; then `merge`: every
+    row once, each tar packed by its own index alone, no artifact made twice."""
+    fs, endpoint = seaweedfs
+    rows, output, cache = 10, f"s3://{BUCKET}/split", f"s3://{BUCKET}/split-cache"
+    table = pa.table(
+        {
+            "video_id": [f"s{i}" for i in range(rows)],
+            "source_prompt": ["a red car"] * rows,
+            "prompts": [[f"a blue car {i}"] for i in range(rows)],
+            "steps": [2] * rows,
+            "keyframes": [1] * rows,
+            "frames": [1] * rows,
+        }
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    fs.pipe_file(f"{BUCKET}/split-in/manifest.parquet", buffer.getvalue())
+    options = json.dumps({"s3": {"endpoint_url": endpoint, "key": KEY, "secret": SECRET}})
+    monkeypatch.setenv(STORAGE_OPTIONS_ENV, options)
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    args = [
+        str(Path(sys.executable).parent / "stillmotion"),
+        "run",
+        f"s3://{BUCKET}/split-in/manifest.parquet",
+    ]
+    args += ["--output", output, "--cache", cache, "--model", str(tiny_model_dir), "--no-progress"]
+    args += ["--format", "webdataset", "--shard-size", "2", "--num-shards", "3", "--in-flight", "1"]
+
+    def made(index: int) -> set[str]:  # the rows an index has published (its blocks: 2 rows, b mod 3)
+        fs.invalidate_cache()
+        return {p.split("/")[-2] for p in fs.glob(f"{BUCKET}/split-cache/rows/*/metadata.json")} & {
+            f"s{i}" for i in range(rows) if (i // 2) % 3 == index
+        }
+
+    runs = [start([*args, "--shard-index", str(k)], env, stdout=subprocess.DEVNULL) for k in range(3)]
+    try:
+        wait_until(lambda: made(1), runs[1], "index 1's first row", timeout=300)
+        stop(runs[1], signal.SIGKILL)  # a machine lost mid-run
+        killed_with = made(1)
+        for k in (0, 2):
+            assert runs[k].wait(timeout=400) == 0
+    finally:
+        for run in runs:
+            stop(run, signal.SIGKILL)
+    assert len(killed_with) < 4, "the kill came too late"
+    before = finished_artifacts(stamps(fs, "split-cache/artifacts"))
+    wait_past_second(before)
+    rerun = subprocess.run([*args, "--shard-index", "1"], env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    after = stamps(fs, "split-cache/artifacts")
+    assert {path: after.get(path) for path in before} == before  # nothing finished was made again
+    assert sum(p.endswith(".safetensors") and "/keyframes/" in p for p in after) == rows  # once each
+
+    assert main(["merge", output]) == 0
+    results = results_of(fs, "split")
+    assert [(r["video_id"], r["status"]) for r in results] == [(f"s{i}", "ok") for i in range(rows)]
+    for shard in range(5):  # each tar holds exactly its own block, packed by its owner alone
+        stats = json.loads(fs.cat_file(f"{BUCKET}/split/{shard:05d}_stats.json"))
+        assert (stats["first_row"], stats["count"], stats["successes"]) == (2 * shard, 2, 2)
+    assert leftovers(fs, kinds=(TEMPORARY_PREFIX, "/.leases/")) == []

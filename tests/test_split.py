@@ -127,3 +127,25 @@ def test_a_rerun_of_an_index_redoes_only_its_unfinished_rows_and_an_old_split_is
     batch_flow(**{**options, "manifest": source}, shard_index=0)
     newest = find_parts(OutputStore(output))
     assert newest.folder != parts.folder and newest.complete.keys() == {0} and newest.missing == [1]
+
+
+def test_an_index_runs_its_own_embedded_prefect_server_in_its_own_home(tiny_model_dir, tmp_path):
+    """As under Slurm or Kubernetes: no PREFECT_API_URL, the index in the environment; the index starts
+    its own embedded server in PREFECT_HOME/stillmotion-index-N-K (several on one SQLite home conflict)."""
+    import os
+    import subprocess
+    import sys
+
+    source = manifest(tmp_path / "m.parquet", 4)
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(home), "SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "1"}
+    env |= {"SLURM_ARRAY_TASK_COUNT": "2", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+    exe = Path(sys.executable).parent / "stillmotion"
+    args = [str(exe), "run", source, "--output", str(tmp_path / "out"), "--model", str(tiny_model_dir)]
+    args += ["--no-progress", "--format", "webdataset", "--shard-size", "2"]  # index 1: rows 2 and 3
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (home / "stillmotion-index-2-1" / "prefect.db").exists()  # task 2 of a 1-based array: index 1
+    parts = find_parts(OutputStore(str(tmp_path / "out")))
+    assert parts.complete.keys() == {1} and parts.missing == [0]

@@ -244,7 +244,9 @@ def _own_prefect_home(args: argparse.Namespace) -> None:
     split = split_of(args.num_shards, args.shard_index, 1)
     if split is not None:
         home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
-        os.environ["PREFECT_HOME"] = str(home / f"stillmotion-index-{split.count}-{split.index}")
+        home = home / f"stillmotion-index-{split.count}-{split.index}"
+        home.mkdir(parents=True, exist_ok=True)  # its SQLite database cannot be created in a missing folder
+        os.environ["PREFECT_HOME"] = str(home)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
