@@ -210,3 +210,13 @@ def test_hub_ids_are_not_paths(tmp_path, monkeypatch):
     assert looks_like_path("models/sd14")  # under a folder that exists here
     with pytest.raises(ModelNotAvailable, match="model folder models/sd14 does not exist"):
         inspect_model("models/sd14")
+
+
+def test_no_captioner_offline_names_the_caption_as_the_fix(tiny_model_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder, ignore=shutil.ignore_patterns("captioner"))
+    with pytest.raises(ModelNotAvailable) as error:
+        captioner_identity(folder)
+    message = str(error.value)
+    assert "has no captioner/" in message and "caption" in message.split(";")[-1]
+    assert "--model" not in message  # the model folder was never the problem

@@ -238,5 +238,14 @@ def captioner_identity(sd_path: Path | str | None) -> tuple[str, Path, str]:
     covers captioner/ only."""
     local = Path(sd_path) / "captioner" if sd_path is not None else None
     model_id = str(local) if local is not None and local.is_dir() else DEFAULT_CAPTIONER
-    path, revision = resolve_model(model_id)
+    try:
+        path, revision = resolve_model(model_id)
+    except ModelNotAvailable:
+        if model_id != DEFAULT_CAPTIONER:
+            raise
+        where = f"the model folder {sd_path} has no captioner/ and " if sd_path is not None else ""
+        raise ModelNotAvailable(
+            f"no captioner: {where}BLIP ({DEFAULT_CAPTIONER}) could not be fetched from the Hugging Face "
+            "Hub; give the image a caption (a `caption` column, or `generate --caption TEXT`)"
+        ) from None
     return model_id, path, revision
