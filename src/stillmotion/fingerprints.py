@@ -21,14 +21,10 @@ from pathlib import Path
 import fsspec
 
 from . import ALGORITHM_VERSION
+from .storage.fs import modified_time
 
 FAILURES = ".logs/{video_id}.json"  # a row's last failure on its own input: {"fingerprint", "reason"}
 LISTED_FROM = 4  # a folder holding at least this many of the sources is listed once, not asked per file
-
-
-def _mtime(info: dict):
-    value = info.get("mtime", info.get("LastModified", info.get("created")))
-    return value.timestamp() if hasattr(value, "timestamp") else value
 
 
 def _identity(info: dict) -> dict:
@@ -36,7 +32,7 @@ def _identity(info: dict) -> dict:
     if info.get("type") == "directory":
         return {"type": "directory"}
     etag = info.get("ETag") or info.get("etag")
-    return {"size": info.get("size"), **({"etag": etag} if etag else {"mtime": _mtime(info)})}
+    return {"size": info.get("size"), **({"etag": etag} if etag else {"mtime": modified_time(info)})}
 
 
 def source_identities(urls) -> dict[str, dict]:

@@ -253,11 +253,9 @@ def chunk_flow(span: str, first_row: int, rows: int) -> None:
 def _first_finished(pending: deque) -> tuple:
     """Take out of `pending` the row whose chain finishes first (any order: a slow row holds up none)."""
     done = next(as_completed([futures[-1] for _, _, futures, _ in pending]))
-    for item in pending:
-        if item[2][-1] is done:
-            pending.remove(item)
-            return item
-    return pending.popleft()  # unreachable: `done` is one of them
+    item = next(item for item in pending if item[2][-1] is done)
+    pending.remove(item)
+    return item
 
 
 class InFlight:

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 
 from ..fingerprints import FAILURES, captioner_fingerprint, model_identity, row_fingerprint, source_identities
+from ..models.identity import LOCAL_REVISION_PREFIX
 from ..outputs import METADATA
 from ..requests import VideoRequest, resolved
 from ..storage import OutputStore, retried
@@ -63,7 +64,7 @@ class RowLookup:
 
     def __init__(self, videos: OutputStore, info, shards=None, force: bool = False) -> None:
         self.videos, self.info, self.shards, self.force = videos, info, shards, force
-        hub = not info.revision.startswith("local-")
+        hub = not info.revision.startswith(LOCAL_REVISION_PREFIX)
         self.model = model_identity(info.model_id, info.revision, info.image_size, hub)
         self._captioner = None
 
