@@ -51,6 +51,7 @@ def write_manifest(path: Path, rows: list[dict]) -> str:
         "keyframes",
         "frames",
         "steps",
+        "seed",
         "tag",
     ]
     table = {name: [row.get(name, FAST.get(name)) for row in rows] for name in columns}
@@ -64,6 +65,7 @@ def write_manifest(path: Path, rows: list[dict]) -> str:
             ("keyframes", pa.int32()),
             ("frames", pa.int64()),
             ("steps", pa.int64()),
+            ("seed", pa.int64()),
             ("tag", pa.string()),
         ]
     )
@@ -421,6 +423,32 @@ def test_a_changed_parameter_or_source_image_remakes_the_row(tiny_model_dir, inp
     assert summary["changed"] == 1 and {"invert", "keyframes"} <= set(COMPUTED - before)
     table = {row["video_id"]: row for row in results(output)}
     assert table["a"]["changed"] and table["s"]["cached"]
+
+
+def test_generate_runs_the_batch_stages_and_makes_the_same_video(tiny_model_dir, inputs, tmp_path):
+    manifest = write_manifest(
+        inputs / "manifest.parquet", [{"video_id": "a", "image": "a.png", "prompts": ["a dog"], "seed": 0}]
+    )
+    output = tmp_path / "out"
+    assert batch_flow(manifest, str(output), model=str(tiny_model_dir))["done"] == 1
+    fast = ["--steps", "3", "--keyframes", "2", "--frames", "2", "--model", str(tiny_model_dir)]
+    args = ["generate", "--image", str(inputs / "a.png"), *fast, "--cache", str(output / ".cache")]
+    before = COMPUTED.copy()
+    assert main([*args, "--prompt", "a dog", "--out", str(tmp_path / "g")]) == 0
+    assert COMPUTED == before  # every stage found the batch run's artifact under the key it made
+    made, batch = (json.loads((folder / "metadata.json").read_text()) for folder in (tmp_path / "g", output / "a"))
+    assert (tmp_path / "g" / "video.mp4").read_bytes() == (output / "a" / "video.mp4").read_bytes()
+    assert made["artifacts"] == batch["artifacts"] and made["fingerprint"] == batch["fingerprint"]
+    assert made["computed_with"] == batch["computed_with"] and made["device"] == batch["device"] == "cpu"
+    different = {key for key in made if made[key] != batch[key]}
+    assert different == {"video_id", "created"}, different  # the stage records hold the timings
+    # another prompt on the same cache: the caption and the inversion are reused
+    before = COMPUTED.copy()
+    assert main([*args, "--prompt", "a cat", "--out", str(tmp_path / "g2")]) == 0
+    assert set(COMPUTED - before) == {"keyframes", "frames", "encode", "scores"}
+    # no --cache: nothing is kept, and the same bytes come out of a fresh temporary cache
+    assert main([*args[:-2], "--prompt", "a dog", "--out", str(tmp_path / "g3")]) == 0
+    assert (tmp_path / "g3" / "video.mp4").read_bytes() == (output / "a" / "video.mp4").read_bytes()
 
 
 def test_a_note_in_the_model_folder_recomputes_nothing(tiny_model_dir, inputs, tmp_path, capsys):

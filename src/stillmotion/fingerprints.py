@@ -22,8 +22,7 @@ import fsspec
 
 from . import ALGORITHM_VERSION
 from .storage.fs import modified_time
-
-FAILURES = ".logs/{video_id}.json"  # a row's last failure on its own input: {"fingerprint", "reason"}
+from .storage.published import FAILURES  # noqa: F401 - where the lookup reads it
 LISTED_FROM = 4  # a folder holding at least this many of the sources is listed once, not asked per file
 
 

@@ -56,10 +56,9 @@ class StageProgress:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..models import MethodParams, ModelNotAvailable, load_stable_diffusion, resolve_device
+    from ..models import MethodParams, ModelNotAvailable, resolve_device
     from ..models.identity import inspect_model
-    from ..models.method import edit_notes
-    from ..single import VideoRequest, check_for_model, generate_video
+    from ..single import VideoRequest, artifact_cache, generate_job, generate_video, load_model
     from ..storage import check_video_folder, publish_video_folder
 
     try:
@@ -108,26 +107,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if not args.caption and (missing := no_captioner(info.path)):
             raise ModelNotAvailable(f"cannot caption --image: {missing}; pass --caption TEXT")
         fit_image(open_image(read_bytes(args.image), args.image), 8)
-    sd = load_stable_diffusion(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        channels_last=args.channels_last,
-        compile_unet=args.compile_unet,
-    )
-    try:
-        check_for_model(sd, request)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    progress = StageProgress()
-    try:
-        files, metadata = generate_video(sd, request, progress)
-    finally:
-        progress.close()
+    with artifact_cache(args.cache) as cache_url:
+        job = generate_job(
+            request,
+            info,
+            out=args.out,
+            cache_url=cache_url,
+            device=args.device,
+            dtype=args.dtype,
+            channels_last=args.channels_last,
+            compile_unet=args.compile_unet,
+        )
+        try:
+            load_model(job)  # a layer the UNet lacks fails here, before any work
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        progress = StageProgress()
+        try:
+            files, metadata = generate_video(job, progress)
+        finally:
+            progress.close()
     out = Path(args.out).resolve()
     publish_video_folder(str(out), files, metadata)
-    for note in edit_notes(sd.tokenizer, metadata["caption"], list(request.prompts)):  # also in its notes
-        print(f"stillmotion generate: note: {note}", file=sys.stderr)
     print(f"wrote {metadata['frame_count']} frames at {metadata['fps']} fps: {out / 'video.mp4'}")
     print(f"caption: {metadata['caption']}")
     return EXIT_OK

@@ -187,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, metavar="DIR", help="output folder for this video")
     gen.add_argument("--caption", help="use this caption instead of BLIP's (real mode)")
     gen.add_argument(
+        "--cache",
+        metavar="CACHE_URL",
+        help="keep the stages' artifacts (inversion, key frames, frames, ...) here and reuse them: a "
+        "rerun with another prompt inverts nothing again; a batch run's cache works too (default: none "
+        "kept)",
+    )
+    gen.add_argument(
         "--keyframes", type=_positive("--keyframes"), default=6, help="key frames per segment (6)"
     )
     gen.add_argument("--frames", type=_positive("--frames"), help="output frames per segment (4 x keyframes)")

@@ -30,7 +30,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from ..manifests import iter_manifest
 from ..models.loading import resolve_device
-from ..models.scoring import find_scorers
 from ..shards import SHARD_SIZE
 from ..storage import DamagedArtifact, LeaseKeeper, OutputStore
 from ..tasks import (
@@ -45,7 +44,8 @@ from ..tasks import (
     scores_stage,
     source_stage,
 )
-from ..tasks.runtime import check_gpu_slot
+from ..tasks.runtime import check_gpu_slot, run_scorers
+from ..tasks.stages import row_chain
 from .lookup import RowLookup
 from .resume import LOOKUP_ROWS, batched, describe_complete, open_batch
 from .tracking import RunError, RunTracker
@@ -84,30 +84,22 @@ def gpu_slot(runner) -> contextlib.AbstractContextManager:
     return dask.annotate(resources={"GPU": 1})
 
 
+GPU_STAGES = {"caption", "invert", "keyframes", "frames"}  # each takes a GPU resource on Dask
+
+
 def submit_row(stages: dict, job: Job, runner=None) -> list[PrefectFuture]:
     """Submit one row's chain of tasks; returns its futures, the publish future last."""
-    request, futures = job.request, []
-    source = inverted = None
-    if request.synthetic:
-        caption = {"caption": request.source_prompt, "caption_source": "source_prompt"}
-    else:
-        source = stages["source"].submit(job)
-        futures.append(source)
-        if request.caption:
-            caption = {"caption": request.caption, "caption_source": "user"}
-        else:
-            with gpu_slot(runner):
-                caption = stages["caption"].submit(job, source)
-            futures.append(caption)
-        with gpu_slot(runner):
-            inverted = stages["invert"].submit(job, source, caption)
-        futures.append(inverted)
-    with gpu_slot(runner):
-        keyframes = stages["keyframes"].submit(job, inverted, caption)
-        frames = stages["frames"].submit(job, keyframes)
+    futures: list[PrefectFuture] = []
+
+    def submit(name: str, *inputs):
+        with gpu_slot(runner) if name in GPU_STAGES else contextlib.nullcontext():
+            futures.append(stages[name].submit(job, *inputs))
+        return futures[-1]
+
+    source, caption, inverted, keyframes, frames = row_chain(job, submit)
     with gpu_slot(runner) if job.scorers else contextlib.nullcontext():
         published = stages["finish"].submit(job, source, caption, inverted, keyframes, frames)
-    return [*futures, keyframes, frames, published]
+    return [*futures, published]
 
 
 @dataclass
@@ -402,7 +394,7 @@ def batch_flow(
                     if not _is_dask(FlowRunContext.get().flow.task_runner):
                         resolve_device(device)  # a missing GPU stops the run at once, as a missing model does
                         check_gpu_slot(device)  # and so does a missing GPU slot, when slots are on
-                    found = _scorers(lookup.info.path) if model_scores else {}
+                    found = run_scorers(lookup.info.path) if model_scores else {}
                 job = _job(
                     row,
                     state,
@@ -442,16 +434,6 @@ def batch_flow(
 
     # 4. results.parquet and the summary
     return b.close()
-
-
-def _scorers(model_path: str) -> dict:
-    """The scoring models that go with the model ({name: [id, folder, revision]}); the missing ones are
-    said once, and their scores left out."""
-    found, missing = find_scorers(model_path)
-    if missing:  # on the terminal, not through Prefect's logger (a run keeps that quiet)
-        reasons = "; ".join(f"{name.upper()}: {reason}" for name, reason in missing.items())
-        sys.stderr.write(f"stillmotion: scores without a scoring model for {reasons}\n")
-    return {name: list(value) for name, value in found.items()}
 
 
 def _job(

@@ -73,9 +73,9 @@ class RowLookup:
             self._captioner = captioner_fingerprint(self.info.path)
         return self._captioner
 
-    def fingerprints(self, rows: list) -> list[tuple]:
-        """(resolved request, sources, fingerprint) of each row."""
-        resolved_rows = [resolved(row.request, self.info.defaults) for row in rows]
+    def fingerprints(self, requests: list[VideoRequest]) -> list[tuple]:
+        """(resolved request, where its parameters came from, fingerprint) of each request."""
+        resolved_rows = [resolved(request, self.info.defaults) for request in requests]
         sources = source_identities(r.image for r, _ in resolved_rows if r.image is not None)
         out = []
         for request, param_sources in resolved_rows:
@@ -91,7 +91,7 @@ class RowLookup:
 
     def check(self, rows: list) -> list[tuple]:
         """[(row, RowState)] of a batch of valid rows."""
-        made = self.fingerprints(rows)
+        made = self.fingerprints([row.request for row in rows])
         ids = [row.video_id for row in rows]
         published = {} if self.force else self.published(ids)
         failures = {}

@@ -32,10 +32,11 @@ from .fs import (
     retried,
 )
 from .leases import LEASES, LeaseKeeper, Leases, shard_lease
-from .published import OutputError, OutputStore, check_video_folder, publish_video_folder
+from .published import FAILURES, OutputError, OutputStore, check_video_folder, publish_video_folder
 
 __all__ = [
     "ABANDONED_AFTER_S",
+    "FAILURES",
     "LEASES",
     "STORAGE_OPTIONS_ENV",
     "TEMPORARY_PREFIX",

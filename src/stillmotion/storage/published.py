@@ -26,6 +26,7 @@ from .fs import (
 )
 from .leases import Leases, shard_lease
 
+FAILURES = ".logs/{video_id}.json"  # a row's last failure on its own input: {"fingerprint", "reason"}
 
 class OutputError(ValueError):
     """An output location that cannot take a video (a file, or a folder of something else)."""
@@ -139,9 +140,15 @@ class OutputStore(Store):
         self.write_bytes(f".logs/{video_id}.txt", text.encode())
 
     def clear_log(self, video_id: str) -> None:
-        """Remove the failure log of a row that has now succeeded."""
+        """Remove the failure log of a row that has now succeeded, and its failure record."""
         if self.exists(f".logs/{video_id}.txt"):
             self.fs.rm_file(self.path(f".logs/{video_id}.txt"))
+        self.forget_failure(video_id)
+
+    def forget_failure(self, video_id: str) -> None:
+        """Remove the record of a row's failure on its own input (FAILURES)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self.path(FAILURES.format(video_id=video_id)))
 
     def read_log_reason(self, video_id: str) -> str | None:
         """The first line of a failed row's log: its one-line reason."""

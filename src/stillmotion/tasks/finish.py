@@ -12,12 +12,7 @@ from prefect import task
 
 from .publish import publish_stage
 from .runtime import Job
-from .stages import encode_stage, logs_failures, retry_options, scores_stage
-
-
-def _body(stage):
-    """A stage's function itself, without its Prefect task and its failure log (this task logs)."""
-    return stage.fn.__wrapped__
+from .stages import body, encode_stage, logs_failures, retry_options, scores_stage
 
 
 @task(name="publish", task_run_name="publish-{job.video_id}", persist_result=False, **retry_options())
@@ -32,6 +27,6 @@ def finish_stage(
 ) -> dict:
     """Encode the frames and score them (each from its artifact when that exists and is whole), then
     publish the video: what encode_stage, scores_stage and publish_stage do, as one task run."""
-    encoded = _body(encode_stage)(job, frames)
-    scores = _body(scores_stage)(job, frames, source)
-    return _body(publish_stage)(job, source, caption, inverted, keyframes, frames, encoded, scores)
+    encoded = body(encode_stage)(job, frames)
+    scores = body(scores_stage)(job, frames, source)
+    return body(publish_stage)(job, source, caption, inverted, keyframes, frames, encoded, scores)

@@ -12,7 +12,7 @@ from ..models.method import edit_notes
 from ..outputs import add_candidates, image_files, video_metadata
 from ..storage import OutputStore
 from .runtime import Job
-from .stages import artifacts, forget_failure, frame_images, logs_failures, retry_options
+from .stages import artifacts, frame_images, logs_failures, retry_options
 
 
 @task(name="publish", task_run_name="publish-{job.video_id}", persist_result=False, **retry_options())
@@ -28,7 +28,31 @@ def publish_stage(
     scores: dict | None = None,
 ) -> dict:
     """Write video.mp4, source.png, keyframes/, preview.png, then metadata.json, into OUTPUT/{video_id}/."""
-    store, outputs = artifacts(job.cache_url), OutputStore(job.output_url)
+    files, metadata = assemble(job, source, caption, inverted, keyframes, frames, encoded, scores)
+    outputs = OutputStore(job.output_url)
+    outputs.publish(job.video_id, files, metadata)
+    outputs.clear_log(job.video_id)
+    return {
+        "video": outputs.url_of(f"{job.video_id}/video.mp4"),
+        "metadata": outputs.url_of(f"{job.video_id}/metadata.json"),
+        "scores": scores["scores"] if scores else None,
+        "timings": metadata["timings"],
+    }
+
+
+def assemble(
+    job: Job,
+    source: dict | None,
+    caption: dict,
+    inverted: dict | None,
+    keyframes: dict,
+    frames: dict,
+    encoded: dict,
+    scores: dict | None = None,
+) -> tuple[dict[str, bytes], dict]:
+    """A video's files and metadata.json from its stages' results, as `generate` writes them and the
+    batch flow publishes them."""
+    store = artifacts(job.cache_url)
     frame_list, keyframe_list = frame_images(job, frames)
     files = {"video.mp4": store.get_file(encoded["key"], "mp4"), **image_files(frame_list[0], keyframe_list)}
     stages = {
@@ -76,15 +100,7 @@ def publish_stage(
         if stage and "worker" in stage
     }
     metadata["fingerprint"] = job.fingerprint  # what made it: a rerun remakes it when the row changes
-    outputs.publish(job.video_id, files, metadata)
-    outputs.clear_log(job.video_id)
-    forget_failure(outputs, job.video_id)
-    return {
-        "video": outputs.url_of(f"{job.video_id}/video.mp4"),
-        "metadata": outputs.url_of(f"{job.video_id}/metadata.json"),
-        "scores": scores["scores"] if scores else None,
-        "timings": metadata["timings"],
-    }
+    return files, metadata
 
 
 _SAID: set[str] = set()  # the notes already said on this process's stderr (each once, whatever the rows)

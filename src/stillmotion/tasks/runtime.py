@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +29,7 @@ from ..models import (
     resolve_dtype,
 )
 from ..models.loading import LOCAL_REVISION_PREFIX, resolve_model
-from ..models.scoring import Scorers, load_scorers
+from ..models.scoring import Scorers, find_scorers, load_scorers
 from ..requests import VideoRequest
 from ..slots import check_slot, hold_slot
 
@@ -38,6 +41,27 @@ _SCORERS: dict[tuple, Scorers] = {}
 
 # How many times each stage really computed in this process (not served from cache).
 COMPUTED: Counter[str] = Counter()
+
+# Who hears the stages' denoising steps in this context: (stage, steps done, steps in all); `generate`
+# shows them as progress bars, the batch flow (which reports rows, not steps) sets none
+Progress = Callable[[str, int, int], None]
+_PROGRESS: ContextVar[Progress | None] = ContextVar("stillmotion_progress", default=None)
+
+
+@contextmanager
+def reporting(progress: Progress | None):
+    """Within the block, the stages report their steps to `progress`."""
+    token = _PROGRESS.set(progress)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def stage_progress(stage: str) -> Callable[[int, int], None] | None:
+    """A stage's step callback (done, total) to whoever listens in this context; None when nobody does."""
+    progress = _PROGRESS.get()
+    return None if progress is None else lambda done, total: progress(stage, done, total)
 
 
 @dataclass(frozen=True)
@@ -172,6 +196,17 @@ def scorers(job: Job) -> Scorers:
             }
             _SCORERS[key] = load_scorers(local, device=key[1])
         return _SCORERS[key]
+
+
+def run_scorers(model_path: str) -> dict:
+    """The scoring models that go with the model ({name: [id, folder, revision]}, a Job's `scorers`);
+    the missing ones are said once on stderr (not through Prefect's logger, which a run keeps quiet),
+    and their scores left out."""
+    found, missing = find_scorers(model_path)
+    if missing:
+        reasons = "; ".join(f"{name.upper()}: {reason}" for name, reason in missing.items())
+        sys.stderr.write(f"stillmotion: scores without a scoring model for {reasons}\n")
+    return {name: list(value) for name, value in found.items()}
 
 
 def loaded_models() -> int:

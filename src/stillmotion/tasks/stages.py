@@ -8,7 +8,6 @@ artifact up; Prefect persists no result and keeps no cache. Results are small JS
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import io
@@ -21,13 +20,14 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ..fingerprints import FAILURES
 from ..models import (
     ImageError,
     ModelNotAvailable,
     caption_image,
     decode_keyframes,
+    fit_image,
     invert_source,
+    open_image,
     render_frames,
 )
 from ..models.candidates import SELECTION_VERSION, render_candidates
@@ -35,10 +35,11 @@ from ..models.loading import captioner_identity
 from ..models.method import Rendered
 from ..models.scoring import frame_prompts, video_scores
 from ..outputs import mp4_bytes, png_bytes, sha256
-from ..single import load_source, read_bytes
+from ..requests import VideoRequest, read_bytes
 from ..storage import (
     ArtifactStore,
     OutputStore,
+    FAILURES,
     StorageError,
     artifact_key,
     configure_storage,
@@ -53,6 +54,7 @@ from .runtime import (
     device_lock,
     scorers,
     stable_diffusion,
+    stage_progress,
     worker_label,
 )
 
@@ -74,6 +76,43 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, ImageError | ModelNotAvailable | EncodeError | StorageError) and text:
         return text
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def body(stage):
+    """A stage's function itself, without its Prefect task and its failure log: what `generate` runs,
+    and what one task runs for several stages (tasks/finish.py)."""
+    return stage.fn.__wrapped__
+
+
+def given_caption(request: VideoRequest) -> dict | None:
+    """The caption stage's result for a row that needs no captioner (synthetic: its source prompt; a
+    caption in the row); None: BLIP captions it (caption_stage)."""
+    if request.synthetic:
+        return {"caption": request.source_prompt, "caption_source": "source_prompt"}
+    if request.caption:
+        return {"caption": request.caption, "caption_source": "user"}
+    return None
+
+
+def row_chain(job: Job, run) -> tuple:
+    """One row's stages up to its frames, in order, each as `run(name, *inputs)` (the batch flow submits
+    the Prefect task, `generate` calls its body): (source, caption, inverted, keyframes, frames), where
+    source and inverted are None in synthetic mode and caption is a dict when no captioner is needed."""
+    source = inverted = None
+    caption = given_caption(job.request)
+    if not job.request.synthetic:
+        source = run("source")
+        if caption is None:
+            caption = run("caption", source)
+        inverted = run("invert", source, caption)
+    keyframes = run("keyframes", inverted, caption)
+    return source, caption, inverted, keyframes, run("frames", keyframes)
+
+
+def load_source(data: bytes, size: int, name: str | None = None) -> tuple[PIL.Image.Image, dict]:
+    """Decode and fit image bytes (`name`, their path, for errors); the fit is returned as a dict."""
+    image, fit = fit_image(open_image(data, name), size)
+    return image, fit.to_dict()
 
 
 def logs_failures(stage):
@@ -111,12 +150,7 @@ def record_failure(outputs: OutputStore, job: Job, error: BaseException) -> None
     if job.fingerprint and fails_on_input(error):
         outputs.write_json(name, {"fingerprint": job.fingerprint, "reason": one_line(error)})
     else:
-        forget_failure(outputs, job.video_id)
-
-
-def forget_failure(outputs: OutputStore, video_id: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        outputs.fs.rm_file(outputs.path(FAILURES.format(video_id=video_id)))
+        outputs.forget_failure(job.video_id)
 
 
 def timing(job: Job, started: float, compute_start: float, on_device: bool = True) -> dict:
@@ -236,7 +270,10 @@ def invert_stage(job: Job, source: dict, caption: dict) -> dict:
         with device_lock(job.device):
             compute_start = time.perf_counter()
             sd = stable_diffusion(job)
-            inverted = invert_source(sd, _source_image(job, source), caption["caption"], job.request.params)
+            image = _source_image(job, source)
+            inverted = invert_source(
+                sd, image, caption["caption"], job.request.params, callback=stage_progress("invert")
+            )
         store.put_tensors(key, {"inverted_noise": inverted}, record=timing(job, started, compute_start))
         COMPUTED["invert"] += 1
     return {"key": key, **store.get_json(key)}
@@ -301,7 +338,13 @@ def keyframes_stage(job: Job, inverted: dict | None, caption: dict) -> dict:
             (rendered, candidates), batch = fitted_batches(
                 job,
                 lambda params: render_candidates(
-                    sd, noise, caption["caption"], list(request.prompts), params, request.synthetic
+                    sd,
+                    noise,
+                    caption["caption"],
+                    list(request.prompts),
+                    params,
+                    request.synthetic,
+                    callback=stage_progress("keyframes"),
                 ),
             )
         record = {**timing(job, started, compute_start), "batch_size": batch}
