@@ -217,11 +217,11 @@ def test_cuda_out_of_memory_halves_the_batch_which_stays_out_of_the_keys(
     rows, output = manifest(tmp_path / "m.parquet", ["v"]), tmp_path / "out"
     real, tried = stages.render_candidates, []
 
-    def small_gpu(sd, noise, caption, prompts, params, synthetic):
+    def small_gpu(sd, noise, caption, prompts, params, synthetic, callback=None):
         tried.append(params.batch_size)
         if params.batch_size > 2:  # only two key frames at a time fit
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(sd, noise, caption, prompts, params, synthetic)
+        return real(sd, noise, caption, prompts, params, synthetic, callback)
 
     monkeypatch.setattr(stages, "render_candidates", small_gpu)
     assert batch_flow(rows, str(output), model=str(tiny_model_dir))["done"] == 1
@@ -246,7 +246,7 @@ def test_cuda_out_of_memory_halves_the_batch_which_stays_out_of_the_keys(
     monkeypatch.setattr(
         stages,
         "render_candidates",
-        lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")),
+        lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")),
     )
     shutil.rmtree(fresh)
     summary = batch_flow(rows, str(fresh), model=str(tiny_model_dir), batch_size=1)
