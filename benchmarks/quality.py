@@ -5,6 +5,9 @@
     python benchmarks/quality.py --sources 30 --shard 0/2 --threads 1 --save /tmp/q0.json &
     python benchmarks/quality.py --sources 30 --shard 1/2 --threads 1 --save /tmp/q1.json; wait
     python benchmarks/quality.py --sources 30 --merge /tmp/q0.json /tmp/q1.json
+    # issue 30: single edits and two-/three-prompt schedules, real and synthetic, strict landing and the
+    # arc rule, on the held-out cases (seed 3030; --case-seed 4321 is the sweep set), as `generate` runs
+    python benchmarks/quality.py --schedules --cases 60 --threads 1
 
 Prints a markdown block for benchmarks/RESULTS.md: (1) how often the trained model's own samples
 have the prompt's colour and shape (judged by rules checked against ground truth), (2) for each
@@ -28,11 +31,18 @@ import torch
 
 from stillmotion.models import MethodParams, ModelDefaults, load_stable_diffusion
 from stillmotion.toyworld.quality import (
+    ARC_DEGREES,
+    HELD_OUT_SEED,
+    LANDING_DEGREES,
     UNSEEN_SEED,
+    CaseScore,
     EditScore,
+    issue30_cases,
     sampling_accuracy,
+    score_cases,
     score_source,
     summarize,
+    summarize_cases,
     toy_sources,
     unseen_sources,
 )
@@ -60,8 +70,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=UNSEEN_SEED,
         help="draws the unseen sources: another seed is another held-out set (default: the sweeps' own)",
     )
-    parser.add_argument("--keyframes", type=int, default=4)
-    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument(
+        "--schedules",
+        action="store_true",
+        help="issue 30's tables instead: single edits and two-/three-prompt schedules, real and synthetic, "
+        "each segment judged by the strict landing and the arc rule, with `generate`'s defaults (K=6, N=24)",
+    )
+    parser.add_argument("--cases", type=int, default=60, help="--schedules: cases per table")
+    parser.add_argument(
+        "--case-seed",
+        type=int,
+        default=HELD_OUT_SEED,
+        help=f"--schedules: draws the cases (default {HELD_OUT_SEED}, the held-out set; {UNSEEN_SEED}: "
+        "the sweep set)",
+    )
+    parser.add_argument(
+        "--tables",
+        nargs="+",
+        default=["real/single", "synthetic/single", "real/schedule", "synthetic/schedule"],
+        help="--schedules: which tables",
+    )
+    parser.add_argument(
+        "--start-on-input",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="--schedules: real videos start on the fitted input (method.start_on_input); auto: as "
+        "`generate` does",
+    )
+    parser.add_argument("--keyframes", type=int, help="default: 4 (issue 30's --schedules: generate's 6)")
+    parser.add_argument("--frames", type=int, help="default: 8 (--schedules: 4 x keyframes)")
     parser.add_argument("--steps", type=int, help="DDIM steps (default: the model's own)")
     parser.add_argument("--cfg-scale", type=float, help="default: the model's own")
     parser.add_argument(
@@ -128,6 +165,111 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def method_params(args: argparse.Namespace, sd, synthetic: bool) -> MethodParams:
+    """The model's own defaults (its stillmotion.json) where no flag is given, as a user's run would."""
+    templates = args.direction_templates
+    if templates == ["toy"]:
+        templates = colour_templates()
+    return MethodParams(
+        **({"keyframes": args.keyframes} if args.keyframes else {}),
+        frames=args.frames,
+        steps=args.steps,
+        cfg_scale=args.cfg_scale,
+        cross_frame=args.cross_frame,
+        candidates=args.candidates,
+        curve=args.curve,
+        direction=args.direction,
+        direction_templates=tuple(templates) if templates else None,
+        xa_until=args.xa_until,
+        xa_schedule=args.xa_schedule,
+        inbetween=args.inbetween,
+        negative=args.negative,
+        negative_until=args.negative_until,
+        edit_from=args.edit_from,
+        inject_features=args.inject_features,
+        inject_layers=tuple(args.inject_layers) if args.inject_layers else None,
+    ).resolve(ModelDefaults.of_folder(sd.path), synthetic=synthetic)[0]
+
+
+def run_schedules(args: argparse.Namespace) -> dict:
+    """Issue 30's tables: every case made as `generate` makes it, judged segment by segment."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    sd = load_stable_diffusion(args.model, device="cpu", dtype="fp32")
+    params_for = {mode: method_params(args, sd, mode == "synthetic") for mode in ("real", "synthetic")}
+    start = {"auto": None, "on": True, "off": False}[args.start_on_input]
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    scores = []
+    for table in args.tables:
+        mode, kind = table.split("/")
+        cases = issue30_cases(mode, kind, args.cases, args.case_seed)
+        mine = [c for c in cases if c.group % shards == shard]
+        scores += score_cases(sd, mine, params_for, args.label, start)
+        print(f"{table}: {len(mine)} cases", file=sys.stderr, flush=True)
+    args.options = {mode: p.keyframe_options() for mode, p in params_for.items()}
+    return {
+        "schedules": [dataclasses.asdict(s) for s in scores],
+        "threads": torch.get_num_threads(),
+        "args": {k: v for k, v in vars(args).items() if k not in ("save", "merge")},
+    }
+
+
+def report_schedules(runs: list[dict]) -> None:
+    scores = [CaseScore(**r) for run in runs for r in run["schedules"]]
+    args = argparse.Namespace(**runs[0]["args"])
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    print(
+        f"### Toy-world schedules and strict landing (issue 30) — {dt.date.today()} — "
+        f"{platform.processor() or platform.machine()}, commit {commit}\n"
+    )
+    print(
+        f"Command: `python benchmarks/quality.py --schedules --cases {args.cases} "
+        f"--case-seed {args.case_seed}"
+        f"{' --label ' + args.label if args.label else ''}` (options beyond Stable Diffusion's: "
+        f"{args.options}). Lands: last key frame within {LANDING_DEGREES:.0f} degrees of the target colour's "
+        f"own hue, and the source's shape; detour: some frame more than {ARC_DEGREES:.0f} degrees outside "
+        "the arc from the segment's start (the previous segment's measured end) to its target.\n"
+    )
+    rows = summarize_cases(scores)
+    header = [
+        "variant",
+        "mode",
+        "kind",
+        "cases",
+        "segments",
+        "cases_landed",
+        "segments_landed",
+        "shape_kept",
+        "median_hue_error",
+        "last_iou",
+        "mean_iou",
+        "detours",
+        "hollow",
+        "source_ok",
+    ]
+    print_table(rows, header)
+    real = [r for r in rows if r["mode"] == "real"]
+    if real:
+        print("\nFirst frame of real-mode videos (source.png) against the fitted input:\n")
+        print_table(
+            real,
+            [
+                "variant",
+                "kind",
+                "cases",
+                "first_hue_error",
+                "first_within_10",
+                "first_iou",
+                "vae_hue_error",
+                "first_step_ratio",
+                "first_step_over_1",
+            ],
+        )
+
+
 def run(args: argparse.Namespace) -> dict:
     """Sampling accuracy (shard 0 only) and the edit scores of this shard's sources."""
     if args.threads:
@@ -146,8 +288,8 @@ def run(args: argparse.Namespace) -> dict:
     if templates == ["toy"]:
         templates = colour_templates()
     params, _ = MethodParams(
-        keyframes=args.keyframes,
-        frames=args.frames,
+        keyframes=args.keyframes or 4,
+        frames=args.frames or 8,
         steps=args.steps,
         cfg_scale=args.cfg_scale,
         cross_frame=args.cross_frame,
@@ -165,6 +307,7 @@ def run(args: argparse.Namespace) -> dict:
         inject_layers=tuple(args.inject_layers) if args.inject_layers else None,
     ).resolve(ModelDefaults.of_folder(sd.path), synthetic=False)
     args.cfg_scale, args.cross_frame, args.steps = params.cfg_scale, params.cross_frame, params.ddim_steps
+    args.keyframes, args.frames = params.keyframes, params.frames_per_segment
     args.options = params.keyframe_options()
     args.weights = args.weights or [params.xa_guidance]
     scores = []
@@ -192,6 +335,12 @@ def load_scores(records: list[dict]) -> list[EditScore]:
 
 def main() -> None:
     args = parse_args()
+    if args.schedules:
+        runs = [json.loads(path.read_text()) for path in args.merge] if args.merge else [run_schedules(args)]
+        if args.save:
+            args.save.write_text(json.dumps(runs[0]))
+        report_schedules(runs)
+        return
     runs = [json.loads(path.read_text()) for path in args.merge] if args.merge else [run(args)]
     if args.save:
         args.save.write_text(json.dumps(runs[0]))

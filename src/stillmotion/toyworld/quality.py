@@ -361,3 +361,303 @@ def summarize(scores: list[EditScore], by_shape: bool = False) -> list[dict]:
             }
         )
     return rows
+
+
+# --- issue 30: schedules, strict landing, the arc rule and the first frame --------------------------------
+
+HELD_OUT_SEED = 3030  # declared before any issue-30 sweep: the cases every issue-30 report is measured on
+SWEEP_SEED = UNSEEN_SEED  # the cases the issue-30 defaults were chosen on (earlier sweeps' set too)
+LANDING_DEGREES = 30.0  # a segment lands when its last key frame's hue is this near its colour's own hue
+ARC_DEGREES = 20.0  # a frame may stray this far outside the arc from a segment's start to its target
+
+
+def hue_apart(a: float, b: float) -> float:
+    """Degrees between two hues on the circle, in [0, 180]."""
+    return float(min((a - b) % 360, (b - a) % 360))
+
+
+def recolour(caption: str, old: str, new: str) -> str:
+    """The caption with its colour word `old` replaced by `new`."""
+    return " ".join(new if word == old else word for word in caption.split())
+
+
+@dataclass(frozen=True)
+class Case:
+    """One video to judge: a source (real: an unseen image; synthetic: the source prompt and a seed), and
+    one prompt per segment, each changing the caption's colour word only."""
+
+    mode: str  # "real" or "synthetic"
+    caption: str  # real: the image's caption; synthetic: the source prompt
+    colour: str  # the source's named colour
+    shape: str  # the source's shape
+    colours: tuple[str, ...]  # each segment's target colour
+    seed: int = 0  # the video's seed (synthetic: its x_T)
+    source: Source | None = None  # real mode's image
+    group: int = 0  # cases of one group share a source (real: inverted once)
+
+    @property
+    def prompts(self) -> list[str]:
+        return [recolour(self.caption, self.colour, colour) for colour in self.colours]
+
+    @property
+    def kind(self) -> str:
+        return "single" if len(self.colours) == 1 else "schedule"
+
+
+def _schedule(rng: np.random.Generator, start: str, length: int) -> tuple[str, ...]:
+    colours, previous = [], start
+    for _ in range(length):
+        previous = str(rng.choice([c for c in COLOURS if c != previous]))
+        colours.append(previous)
+    return tuple(colours)
+
+
+def issue30_cases(mode: str, kind: str, count: int, seed: int) -> list[Case]:
+    """`count` cases of one table. Real singles: count/3 unseen sources (`unseen_sources(n, seed)`), each
+    edited to the 3 other colours; real schedules: count/2 unseen sources drawn with seed + 1, each with a
+    two- and a three-prompt schedule; synthetic: a source prompt (shape, colour, with or without a size
+    word) and x_T seed per case, drawn from seed + 2 (singles) or seed + 3 (schedules)."""
+    cases: list[Case] = []
+    if mode == "real":
+        if kind == "single":
+            for g, source in enumerate(unseen_sources(-(-count // 3), seed)):
+                t = source.truth
+                cases += [
+                    Case("real", source.caption, t.colour, t.shape, (c,), 0, source, g)
+                    for c in COLOURS
+                    if c != t.colour
+                ]
+        else:
+            rng = np.random.default_rng(seed + 10)
+            for g, source in enumerate(unseen_sources(-(-count // 2), seed + 1)):
+                t = source.truth
+                cases += [
+                    Case("real", source.caption, t.colour, t.shape, _schedule(rng, t.colour, n), 0, source, g)
+                    for n in (2, 3)
+                ]
+        return cases[:count]
+    rng = np.random.default_rng(seed + (2 if kind == "single" else 3))
+    for i in range(count):
+        shape = str(rng.choice(SHAPES))
+        colour = str(rng.choice(list(COLOURS)))
+        size = str(rng.choice(["", "big ", "small "]))
+        length = 1 if kind == "single" else 2 + i % 2
+        cases.append(
+            Case(
+                "synthetic",
+                f"a {size}{colour} {shape}",
+                colour,
+                shape,
+                _schedule(rng, colour, length),
+                int(rng.integers(1000)),
+                None,
+                i,
+            )
+        )
+    return cases
+
+
+@dataclass
+class CaseScore:
+    mode: str
+    kind: str
+    caption: str
+    colours: list
+    seed: int
+    segments: list  # per segment: {target, start, end, error, lands, shape_ok, detour, worst_off}
+    landed: bool  # every segment lands
+    last_iou: float  # the last key frame against the source mask
+    mean_iou: float  # every frame against the source mask
+    detour: bool  # some frame of some segment leaves its arc by more than ARC_DEGREES
+    hollow: bool  # some frame is empty or under HOLLOW of the source's foreground
+    source_ok: bool  # synthetic: the source frame has the source prompt's colour and shape
+    first_hue_error: float | None = None  # real: the video's first frame (source.png) against the input
+    first_iou: float | None = None
+    vae_hue_error: float | None = None  # real: the VAE round trip alone against the input
+    seconds: float = 0.0
+    key_hues: list = field(default_factory=list)
+    hues: list = field(default_factory=list)
+    variant: str = ""
+    source_hue: float | None = None
+    # the step from the first frame to the second (mean absolute pixel change) over the largest of the
+    # video's other steps: the hand-off from the source frame is no larger than the others when <= 1
+    first_step_ratio: float = 0.0
+
+
+def off_arc(hue: float, start: float, end: float) -> float:
+    """Degrees `hue` lies outside the shorter arc from `start` to `end` (0 on it)."""
+    span = (end - start) % 360
+    low, width = (start, span) if span <= 180 else (end, 360 - span)
+    offset = (hue - low) % 360
+    return 0.0 if offset <= width else float(min(offset - width, 360 - offset))
+
+
+def segment_verdicts(
+    key_hues: list,
+    key_shapes: list,
+    frame_hues: list,
+    start: float,
+    colours: list,
+    keyframes: int,
+    frames_per_segment: int,
+    shape: str,
+) -> list[dict]:
+    """Each segment judged as a single edit: its start is the previous segment's measured end (the source's
+    hue for the first); it lands when its last key frame's hue is within LANDING_DEGREES of the target
+    colour's own hue and has the source's shape; it detours when any of its frames (key or inserted) lies
+    more than ARC_DEGREES outside the arc from its start to its target (overshoots included)."""
+    out = []
+    for s, colour in enumerate(colours):
+        target = COLOURS[colour]
+        keys = key_hues[s * keyframes : (s + 1) * keyframes]
+        inserted = frame_hues[1 + s * frames_per_segment : 1 + (s + 1) * frames_per_segment]
+        end = keys[-1]
+        error = None if end is None else hue_apart(end, target)
+        hues = [h for h in keys + inserted if h is not None]
+
+        worst = max((off_arc(h, start, target) for h in hues), default=0.0)
+        out.append(
+            {
+                "target": colour,
+                "start": float(start),
+                "end": None if end is None else float(end),
+                "error": error,
+                "lands": error is not None
+                and error <= LANDING_DEGREES
+                and key_shapes[(s + 1) * keyframes - 1] == shape,
+                "shape_ok": key_shapes[(s + 1) * keyframes - 1] == shape,
+                "detour": any(off_path(h, start, target, ARC_DEGREES) for h in hues),
+                "worst_off": worst,
+            }
+        )
+        start = end if end is not None else start
+    return out
+
+
+def score_cases(
+    sd: StableDiffusion,
+    cases: list[Case],
+    params_for: dict[str, MethodParams],
+    variant: str = "",
+    start_on_input: bool | None = None,
+) -> list[CaseScore]:
+    """Make every case's video as `stillmotion generate` would (render_candidates, render_frames) with
+    `params_for[mode]`, and judge it. `start_on_input`: start real videos on the fitted input
+    (method.start_on_input); None: as the pipeline does."""
+    from ..models.candidates import render_candidates
+    from ..models.method import decode_keyframes
+    from ..models.method import start_on_input as start_input
+
+    scores, inverted_for = [], {}
+    for case in cases:
+        params = params_for[case.mode]
+        begin = time.perf_counter()
+        image = None
+        if case.mode == "real":
+            image = PIL.Image.fromarray(case.source.image)
+            key = (case.group, case.caption)
+            if key not in inverted_for:
+                inverted_for = {key: invert_source(sd, image, case.caption, params)}
+            inverted = inverted_for[key]
+            run = params
+        else:
+            inverted, run = None, dataclasses.replace(params, seed=case.seed)
+        rendered, _ = render_candidates(
+            sd, inverted, case.caption, case.prompts, run, case.mode == "synthetic"
+        )
+        if case.mode == "real" and start_on_input:
+            rendered = start_input(sd, rendered, image)
+        frames = _uint8(render_frames(sd, rendered, run))
+        keys = _uint8(decode_keyframes(sd, rendered, run))
+        seconds = time.perf_counter() - begin
+        verdicts = [judge(frame) for frame in frames]
+        key_verdicts = [judge(frame) for frame in keys]
+        # the source: real, the user's image as judged; synthetic, the video's own source frame (whether
+        # that frame has the source prompt's colour and shape is `source_ok`, the model's sampling)
+        source_verdict = judge(case.source.image) if case.mode == "real" else verdicts[0]
+        source_mask, source_hue = source_verdict.mask, source_verdict.hue
+        source_hue = 0.0 if source_hue is None else source_hue
+        segments = segment_verdicts(
+            [v.hue for v in key_verdicts],
+            [v.shape for v in key_verdicts],
+            [v.hue for v in verdicts],
+            source_hue,
+            list(case.colours),
+            run.keyframes,
+            run.frames_per_segment,
+            source_verdict.shape,
+        )
+        ious = [mask_iou(v.mask, source_mask) for v in verdicts]
+        first = verdicts[0]
+        steps = np.abs(np.diff(frames.astype(np.float64), axis=0)).mean(axis=(1, 2, 3))
+        score = CaseScore(
+            case.mode,
+            case.kind,
+            case.caption,
+            list(case.colours),
+            case.seed,
+            segments,
+            all(s["lands"] for s in segments),
+            mask_iou(key_verdicts[-1].mask, source_mask),
+            float(np.mean(ious)),
+            any(s["detour"] for s in segments),
+            any(v.hue is None or v.mask.sum() < HOLLOW * source_mask.sum() for v in verdicts),
+            first.colour == case.colour and first.shape == case.shape,
+            seconds=seconds,
+            key_hues=[None if v.hue is None else round(float(v.hue), 1) for v in key_verdicts],
+            hues=[None if v.hue is None else round(float(v.hue), 1) for v in verdicts],
+            variant=variant,
+            source_hue=float(source_hue),
+            first_step_ratio=float(steps[0] / max(steps[1:].max(), 1e-9)),
+        )
+        if case.mode == "real":
+            with torch.no_grad():
+                vae = _uint8(decode_latents(sd.vae, encode_latents(sd.vae, pil_to_tensor(image))))[0]
+            vae_hue = judge(vae).hue
+            score.first_hue_error = None if first.hue is None else hue_apart(first.hue, source_hue)
+            score.first_iou = mask_iou(first.mask, source_mask)
+            score.vae_hue_error = None if vae_hue is None else hue_apart(vae_hue, source_hue)
+        scores.append(score)
+    return scores
+
+
+def summarize_cases(scores: list[CaseScore]) -> list[dict]:
+    """One row per (variant, mode, kind): the issue-30 targets' numbers."""
+    rows = []
+    for key in sorted({(s.variant, s.mode, s.kind) for s in scores}):
+        group = [s for s in scores if (s.variant, s.mode, s.kind) == key]
+        segments = [seg for s in group for seg in s.segments]
+        errors = [seg["error"] for seg in segments if seg["error"] is not None]
+        first = [s.first_hue_error for s in group if s.first_hue_error is not None]
+        rows.append(
+            {
+                "variant": key[0] or "defaults",
+                "mode": key[1],
+                "kind": key[2],
+                "cases": len(group),
+                "segments": len(segments),
+                "cases_landed": float(np.mean([s.landed for s in group])),
+                "segments_landed": float(np.mean([seg["lands"] for seg in segments])),
+                "shape_kept": float(np.mean([seg["shape_ok"] for seg in segments])),
+                "median_hue_error": float(np.median(errors)) if errors else float("nan"),
+                "last_iou": float(np.mean([s.last_iou for s in group])),
+                "mean_iou": float(np.mean([s.mean_iou for s in group])),
+                "detours": float(np.mean([s.detour for s in group])),
+                "hollow": float(np.mean([s.hollow for s in group])),
+                "source_ok": float(np.mean([s.source_ok for s in group])),
+                "first_hue_error": float(np.mean(first)) if first else float("nan"),
+                "first_within_10": float(np.mean([e <= 10 for e in first])) if first else float("nan"),
+                "first_iou": float(np.mean([s.first_iou for s in group if s.first_iou is not None]))
+                if first
+                else float("nan"),
+                "vae_hue_error": float(
+                    np.mean([s.vae_hue_error for s in group if s.vae_hue_error is not None])
+                )
+                if first
+                else float("nan"),
+                "first_step_ratio": float(np.mean([s.first_step_ratio for s in group])),
+                "first_step_over_1": float(np.mean([s.first_step_ratio > 1 for s in group])),
+                "seconds": float(np.mean([s.seconds for s in group])),
+            }
+        )
+    return rows
