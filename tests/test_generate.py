@@ -87,11 +87,16 @@ def test_same_seed_same_frames_other_seed_other_frames(tiny_model_dir, image_pat
         args = ["--image", str(image_path), "--caption", "a photo", "--prompt", "a dog", "--seed", str(seed)]
         assert generate(tiny_model_dir, tmp_path / name, *args) == 0
         hashes = json.loads((tmp_path / name / "metadata.json").read_text())["hashes"]
-        return [hashes[k] for k in sorted(hashes) if k.endswith(".png")]
+        return [hashes[k] for k in sorted(hashes) if k.startswith("keyframes/")], hashes["source.png"]
 
-    first, again, other = keyframe_hashes(1, "a"), keyframe_hashes(1, "b"), keyframe_hashes(2, "c")
+    (first, source), (again, _), (other, other_source) = (
+        keyframe_hashes(1, "a"),
+        keyframe_hashes(1, "b"),
+        keyframe_hashes(2, "c"),
+    )
     assert first == again
     assert all(x != y for x, y in zip(first, other, strict=True))
+    assert source == other_source  # the video starts on the input itself, whatever the seed
 
 
 def test_synthetic_mode_makes_a_video(tiny_model_dir, tmp_path):
@@ -202,3 +207,21 @@ def test_console_script_reports_errors_without_traceback(tmp_path, tiny_model_di
     assert result.stderr.strip().splitlines() == [
         f"stillmotion generate: error: image not found: {tmp_path / 'nope.png'}"
     ]
+
+
+def test_a_real_mode_video_starts_on_the_fitted_input(tiny_model_dir, image_path, tmp_path, sd):
+    import torch
+
+    from stillmotion.models import fit_image, open_image
+    from stillmotion.models.images import pil_to_tensor
+    from stillmotion.models.insertion import decode_latents
+    from stillmotion.models.inversion import encode_latents
+
+    out = tmp_path / "video"
+    assert generate(tiny_model_dir, out, "--image", str(image_path), "--caption", "a photo", "--prompt", "a dog") == 0
+    fitted, _ = fit_image(open_image(image_path.read_bytes(), str(image_path)), sd.image_size)
+    with torch.no_grad():  # the input through the VAE alone, not the reference pass's reconstruction
+        expected = decode_latents(sd.vae, encode_latents(sd.vae, pil_to_tensor(fitted)))
+    expected = ((expected.clamp(-1, 1) + 1) * 127.5).round()[0].permute(1, 2, 0).numpy()
+    source = np.asarray(PIL.Image.open(out / "source.png").convert("RGB")).astype(np.float64)
+    assert np.abs(source - expected).max() <= 1

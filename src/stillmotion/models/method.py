@@ -263,3 +263,15 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
 def decode_keyframes(sd: StableDiffusion, rendered: Rendered, params: MethodParams) -> torch.Tensor:
     """The key frames as images (S * K, 3, H, W) in [-1, 1]."""
     return decode_latents(sd.vae, rendered.keyframe_latents, params.batch_size)
+
+
+def start_on_input(sd: StableDiffusion, rendered: Rendered, image: PIL.Image.Image) -> Rendered:
+    """Real mode: the video starts on the fitted input itself. The source latent (the reference pass, the
+    caption's reconstruction of x_T) is replaced by the input's own VAE latent (the posterior mean), so
+    the first frame (source.png) is the input through the VAE alone, and the frames between it and the
+    first key frame run on the spline from it (spline_frames, re-timed with the others under adaptive
+    insertion). The key frames are unchanged. Call between render_candidates and render_frames."""
+    with torch.no_grad():
+        latent = encode_latents(sd.vae, pil_to_tensor(image).to(sd.device))
+    latent = latent.to(rendered.source_latent.device, rendered.source_latent.dtype)
+    return Rendered(latent, rendered.keyframe_latents, rendered.truncated_prompts)

@@ -32,7 +32,7 @@ from ..models import (
 )
 from ..models.candidates import SELECTION_VERSION, render_candidates
 from ..models.loading import captioner_identity
-from ..models.method import Rendered
+from ..models.method import Rendered, start_on_input
 from ..models.scoring import frame_prompts, video_scores
 from ..outputs import mp4_bytes, png_bytes, sha256
 from ..requests import VideoRequest, read_bytes
@@ -106,7 +106,7 @@ def row_chain(job: Job, run) -> tuple:
             caption = run("caption", source)
         inverted = run("invert", source, caption)
     keyframes = run("keyframes", inverted, caption)
-    return source, caption, inverted, keyframes, run("frames", keyframes)
+    return source, caption, inverted, keyframes, run("frames", keyframes, source)
 
 
 def load_source(data: bytes, size: int, name: str | None = None) -> tuple[PIL.Image.Image, dict]:
@@ -361,10 +361,11 @@ def keyframes_stage(job: Job, inverted: dict | None, caption: dict) -> dict:
 
 
 # 5. frames: spline insertion and VAE decode
-def frames_key(job: Job, keyframes: dict) -> str:
+def frames_key(job: Job, keyframes: dict, source: dict | None = None) -> str:
     return artifact_key(
         "frames",
         keyframes=keyframes["key"],
+        start=source["key"] if source else None,  # real mode: the video starts on the fitted input
         params=job.request.params.stage_fields("frames"),
         **model_key(job),
     )
@@ -376,19 +377,23 @@ def _uint8(images: torch.Tensor) -> torch.Tensor:
 
 @task(**_stage_options("frames"))
 @logs_failures
-def frames_stage(job: Job, keyframes: dict) -> dict:
+def frames_stage(job: Job, keyframes: dict, source: dict | None = None) -> dict:
     """The frames between the anchors (the row's insertion), decoded, with the decoded key frames
-    (uint8 NHWC)."""
-    key, store = frames_key(job, keyframes), artifacts(job.cache_url)
+    (uint8 NHWC). Real mode's video starts on the fitted input itself (method.start_on_input), not on
+    its reconstruction."""
+    key, store = frames_key(job, keyframes, source), artifacts(job.cache_url)
     if job.force or not store.intact(key, "safetensors"):
         started = time.time()
         latents = store.get_tensors(keyframes["key"])
+        image = _source_image(job, source) if source else None
         with device_lock(job.device):
             compute_start = time.perf_counter()
             sd = stable_diffusion(job)
             rendered = Rendered(
                 latents["source_latent"].to(sd.device), latents["keyframe_latents"].to(sd.device)
             )
+            if image is not None:
+                rendered = start_on_input(sd, rendered, image)
             (frames, keyframe_images), batch = fitted_batches(
                 job,
                 lambda params: (
