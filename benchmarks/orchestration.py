@@ -215,7 +215,9 @@ def clone_outputs(output: Path, manifest: Path, model: Path) -> None:
     rows = [row for row in iter_manifest(str(manifest)) if row.error is None]
     for start in range(0, len(rows), 1000):
         batch = rows[start : start + 1000]
-        for row, (request, _, fingerprint) in zip(batch, lookup.fingerprints([row.request for row in batch]), strict=True):
+        for row, (request, _, fingerprint) in zip(
+            batch, lookup.fingerprints([row.request for row in batch]), strict=True
+        ):
             target = output / row.video_id
             if not target.exists():  # the seed run's own rows (made from its own images) are stamped too
                 skip = shutil.ignore_patterns("metadata.json")

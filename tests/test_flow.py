@@ -436,7 +436,9 @@ def test_generate_runs_the_batch_stages_and_makes_the_same_video(tiny_model_dir,
     before = COMPUTED.copy()
     assert main([*args, "--prompt", "a dog", "--out", str(tmp_path / "g")]) == 0
     assert COMPUTED == before  # every stage found the batch run's artifact under the key it made
-    made, batch = (json.loads((folder / "metadata.json").read_text()) for folder in (tmp_path / "g", output / "a"))
+    made, batch = (
+        json.loads((folder / "metadata.json").read_text()) for folder in (tmp_path / "g", output / "a")
+    )
     assert (tmp_path / "g" / "video.mp4").read_bytes() == (output / "a" / "video.mp4").read_bytes()
     assert made["artifacts"] == batch["artifacts"] and made["fingerprint"] == batch["fingerprint"]
     assert made["computed_with"] == batch["computed_with"] and made["device"] == batch["device"] == "cpu"

@@ -218,7 +218,10 @@ def test_a_real_mode_video_starts_on_the_fitted_input(tiny_model_dir, image_path
     from stillmotion.models.inversion import encode_latents
 
     out = tmp_path / "video"
-    assert generate(tiny_model_dir, out, "--image", str(image_path), "--caption", "a photo", "--prompt", "a dog") == 0
+    assert (
+        generate(tiny_model_dir, out, "--image", str(image_path), "--caption", "a photo", "--prompt", "a dog")
+        == 0
+    )
     fitted, _ = fit_image(open_image(image_path.read_bytes(), str(image_path)), sd.image_size)
     with torch.no_grad():  # the input through the VAE alone, not the reference pass's reconstruction
         expected = decode_latents(sd.vae, encode_latents(sd.vae, pil_to_tensor(fitted)))

@@ -23,6 +23,7 @@ import fsspec
 from . import ALGORITHM_VERSION
 from .storage.fs import modified_time
 from .storage.published import FAILURES  # noqa: F401 - where the lookup reads it
+
 LISTED_FROM = 4  # a folder holding at least this many of the sources is listed once, not asked per file
 
 

@@ -1,7 +1,9 @@
 """One video from one image (or source prompt): `stillmotion generate`, no orchestration.
 
-    job = generate_job(request, inspect_model(model), out="out/cat", cache_url=None)
-    files, metadata = generate_video(job, progress)
+    with artifact_cache(None) as cache_url:   # a temporary folder; or a cache URL, kept and reused
+        job = generate_job(request, inspect_model(model), out="out/cat", cache_url=cache_url)
+        load_model(job)                         # a layer the UNet lacks fails here, before any work
+        files, metadata = generate_video(job, progress)
 
 The batch flow's stage functions (tasks/stages.py), called in order in this process: one video has one
 code path, so `generate` and a manifest row with the same values make the same artifacts, the same
@@ -23,8 +25,17 @@ from .models.identity import ModelInfo
 from .requests import VideoRequest, read_bytes  # noqa: F401 - where callers have found them
 from .tasks.publish import assemble
 from .tasks.runtime import Job, Progress, reporting, run_scorers, stable_diffusion
-from .tasks.stages import body, encode_stage, row_chain, scores_stage
-from .tasks.stages import caption_stage, frames_stage, invert_stage, keyframes_stage, source_stage
+from .tasks.stages import (
+    body,
+    caption_stage,
+    encode_stage,
+    frames_stage,
+    invert_stage,
+    keyframes_stage,
+    row_chain,
+    scores_stage,
+    source_stage,
+)
 
 STAGES = {
     "source": source_stage,

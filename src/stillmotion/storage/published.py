@@ -28,6 +28,7 @@ from .leases import Leases, shard_lease
 
 FAILURES = ".logs/{video_id}.json"  # a row's last failure on its own input: {"fingerprint", "reason"}
 
+
 class OutputError(ValueError):
     """An output location that cannot take a video (a file, or a folder of something else)."""
 

@@ -37,9 +37,9 @@ from ..models.scoring import frame_prompts, video_scores
 from ..outputs import mp4_bytes, png_bytes, sha256
 from ..requests import VideoRequest, read_bytes
 from ..storage import (
+    FAILURES,
     ArtifactStore,
     OutputStore,
-    FAILURES,
     StorageError,
     artifact_key,
     configure_storage,
