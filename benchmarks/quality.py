@@ -165,14 +165,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def method_params(args: argparse.Namespace, sd, synthetic: bool) -> MethodParams:
-    """The model's own defaults (its stillmotion.json) where no flag is given, as a user's run would."""
+def method_params(
+    args: argparse.Namespace, sd, synthetic: bool, keyframes: int | None = None, frames: int | None = None
+) -> MethodParams:
+    """The model's own defaults (its stillmotion.json) where no flag is given, as a user's run would;
+    `keyframes` and `frames` where no flag gives them (else MethodParams' own)."""
     templates = args.direction_templates
     if templates == ["toy"]:
         templates = colour_templates()
     return MethodParams(
-        **({"keyframes": args.keyframes} if args.keyframes else {}),
-        frames=args.frames,
+        **({"keyframes": args.keyframes or keyframes} if args.keyframes or keyframes else {}),
+        frames=args.frames or frames,
         steps=args.steps,
         cfg_scale=args.cfg_scale,
         cross_frame=args.cross_frame,
@@ -284,28 +287,7 @@ def run(args: argparse.Namespace) -> dict:
         accuracy["seconds"] = time.perf_counter() - start
         print(f"sampling accuracy: {accuracy}", file=sys.stderr, flush=True)
     # the model's own defaults (its stillmotion.json) where no flag is given, as a user's run would
-    templates = args.direction_templates
-    if templates == ["toy"]:
-        templates = colour_templates()
-    params, _ = MethodParams(
-        keyframes=args.keyframes or 4,
-        frames=args.frames or 8,
-        steps=args.steps,
-        cfg_scale=args.cfg_scale,
-        cross_frame=args.cross_frame,
-        candidates=args.candidates,
-        curve=args.curve,
-        direction=args.direction,
-        direction_templates=tuple(templates) if templates else None,
-        xa_until=args.xa_until,
-        xa_schedule=args.xa_schedule,
-        inbetween=args.inbetween,
-        negative=args.negative,
-        negative_until=args.negative_until,
-        edit_from=args.edit_from,
-        inject_features=args.inject_features,
-        inject_layers=tuple(args.inject_layers) if args.inject_layers else None,
-    ).resolve(ModelDefaults.of_folder(sd.path), synthetic=False)
+    params = method_params(args, sd, synthetic=False, keyframes=4, frames=8)
     args.cfg_scale, args.cross_frame, args.steps = params.cfg_scale, params.cross_frame, params.ddim_steps
     args.keyframes, args.frames = params.keyframes, params.frames_per_segment
     args.options = params.keyframe_options()

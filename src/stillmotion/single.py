@@ -59,17 +59,14 @@ def generate_job(
     """The Job of one `generate` request: resolved with the model's defaults, fingerprinted like a
     manifest row, named after its output folder."""
     [(request, param_sources, fingerprint)] = RowLookup(None, info).fingerprints([request])
-    return Job(
+    return Job.on_model(
+        info,
         video_id=request.video_id,
         request=request,
         param_sources=param_sources,
         fingerprint=fingerprint,
         output_url=os.path.dirname(os.path.abspath(out)),
         cache_url=cache_url,
-        model=info.model_id,
-        model_path=info.path,
-        revision=info.revision,
-        size=info.image_size,
         device=device,
         dtype=dtype,
         channels_last=channels_last,

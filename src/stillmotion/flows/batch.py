@@ -439,7 +439,8 @@ def batch_flow(
 def _job(
     row, state, info, outputs, cache_url, device, dtype, force, channels_last, compile_unet, batch_size
 ) -> Job:
-    return Job(
+    return Job.on_model(
+        info,
         video_id=row.video_id,
         request=state.request,  # resolved: the model's defaults where none was given
         param_sources=state.param_sources,
@@ -447,10 +448,6 @@ def _job(
         changed=state.changed,
         output_url=outputs.url,
         cache_url=cache_url,
-        model=info.model_id,
-        model_path=info.path,
-        revision=info.revision,
-        size=info.image_size,
         device=device,
         dtype=dtype,
         force=force,

@@ -87,6 +87,13 @@ class Job:
     fingerprint: str | None = None  # what the video is made from (stillmotion.fingerprints), in its metadata
     changed: bool = False  # the row's video existed, made from something else: it is made again
 
+    @classmethod
+    def on_model(cls, info, **fields) -> Job:
+        """A Job on the model a models.identity.ModelInfo describes (its id, folder, revision, size)."""
+        return cls(
+            model=info.model_id, model_path=info.path, revision=info.revision, size=info.image_size, **fields
+        )
+
     @property
     def hub_model(self) -> bool:
         return not self.revision.startswith(LOCAL_REVISION_PREFIX)
