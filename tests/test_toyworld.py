@@ -12,7 +12,7 @@ from stillmotion.metrics import edge_ssim, temporal_smoothness
 from stillmotion.models import MethodParams, ModelDefaults
 from stillmotion.toyworld.judge import centroid, judge, mask_iou
 from stillmotion.toyworld.quality import sampling_accuracy, score_source, summarize, unseen_sources
-from stillmotion.toyworld.world import COLOURS, SHAPES, Truth, draw_batch, render, vocabulary
+from stillmotion.toyworld.world import COLOURS, NAMED_DEGREES, SHAPES, Truth, draw_batch, render, vocabulary
 
 TOY_MODEL = Path(__file__).resolve().parents[1] / "models" / "toyworld"
 
@@ -94,6 +94,23 @@ def test_the_full_hue_world_covers_the_circle_and_names_each_hue_by_its_nearest_
     assert set(np.histogram(mixed, bins=12, range=(0, 360))[0] > 0) == {True}
     named = np.array([min(abs((h - c + 180) % 360 - 180) for c in COLOURS.values()) for h in mixed])
     assert 0.5 < np.mean(named <= 12) < 0.75  # half near, plus the full half's share of those arcs (~0.2)
+
+
+def test_the_named_hue_world_names_a_colour_only_near_its_own_hue():
+    images, truths = draw_batch(800, np.random.default_rng(3), hues="named")
+    hues = np.array([t.hue for t in truths])
+    assert np.all((0 <= hues) & (hues < 360))
+    assert set(np.histogram(hues, bins=12, range=(0, 360))[0] > 0) == {True}  # every 30 degrees is drawn
+    apart = np.array([abs((t.hue - COLOURS[t.colour] + 180) % 360 - 180) for t in truths])
+    named = np.array([t.named for t in truths])
+    assert np.all(apart[named] <= NAMED_DEGREES) and np.all(apart[~named] > NAMED_DEGREES)
+    assert 0.6 < named.mean() < 0.85  # half drawn near, plus the uniform half's share of those arcs
+    for truth in truths:  # "a big blue circle" near blue; "a big circle" between two colours
+        words = truth.caption.split()
+        assert (truth.colour in words) == truth.named and words[-1] == truth.shape, truth
+    # the truth's colour is still the nearest named one, as the judge reads it from the pixels
+    verdicts = [judge(image) for image in images]
+    assert np.mean([v.colour == t.colour for v, t in zip(verdicts, truths, strict=True)]) >= 0.97
 
 
 # Quality floors of the committed toy-world model (models/toyworld; the full sweep is in

@@ -565,6 +565,7 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
         vae_minutes=args.max_minutes,
         unet_minutes=args.max_minutes,
         hues=args.hues,
+        vae_from=args.vae_from,
     )
     return EXIT_OK
 

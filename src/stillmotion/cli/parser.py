@@ -449,12 +449,19 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--images", type=_positive("--images"), default=50_000, help="training images (50000)")
     toy.add_argument(
         "--hues",
-        choices=("full", "near", "mixed"),
+        choices=("full", "near", "mixed", "named"),
         default="full",
         help="training hues: 'full' (default) uniform on the whole hue circle, each image captioned with its "
         "nearest named colour, so the model has seen every hue between two colours; 'near' within 12 "
         "degrees of the four named colours (models/toyworld before 2026-12-04); 'mixed' half of each, so "
-        "every hue is seen and each colour word is peaked at its own hue",
+        "every hue is seen and each colour word is peaked at its own hue; 'named' half within 20 degrees of "
+        "a named colour, half uniform on the circle, a caption naming the colour only within 20 degrees of "
+        "it, so every hue is seen and a colour word means its own hue alone",
+    )
+    toy.add_argument(
+        "--vae-from",
+        metavar="MODEL_DIR",
+        help="take this model folder's VAE as it is instead of training one (a retrain of the denoiser alone)",
     )
     toy.add_argument("--seed", type=_positive("--seed", 0), default=0)
 

@@ -161,8 +161,12 @@ def train_toy_model(
     vae_minutes: float | None = None,
     unet_minutes: float | None = None,
     hues: str = "full",
+    vae_from: str | Path | None = None,
 ) -> Path:
-    """Draw the data, train VAE then UNet + text encoder, save everything in the SD layout."""
+    """Draw the data, train VAE then UNet + text encoder, save everything in the SD layout. `vae_from`: a
+    model folder whose VAE is taken as it is, instead of training one (the UNet's latents are encoded by it
+    from this run's images)."""
+    from diffusers import AutoencoderKL
     from transformers import CLIPTokenizer
 
     out = Path(out)
@@ -173,9 +177,14 @@ def train_toy_model(
     vocab_size = write_clip_tokenizer(out / "tokenizer", tuple(vocabulary()))
     tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
     vae, unet, text_encoder = build_models(vocab_size)
-    log(f"training the VAE for {vae_steps} steps on {images} images")
     started = time.monotonic()
-    vae_done = train_vae(vae, pixels, vae_steps, generator, log, vae_minutes)
+    if vae_from is None:
+        log(f"training the VAE for {vae_steps} steps on {images} images")
+        vae_done = train_vae(vae, pixels, vae_steps, generator, log, vae_minutes)
+    else:
+        log(f"taking the VAE of {vae_from}")
+        vae = AutoencoderKL.from_pretrained(Path(vae_from) / "vae", torch_dtype=torch.float32)
+        vae_steps = vae_done = 0
     vae_seconds = time.monotonic() - started
     if vae_done < vae_steps:
         log(f"time cap: the VAE stopped after {vae_done} of {vae_steps} steps")
@@ -199,6 +208,7 @@ def train_toy_model(
         "seed": seed,
         "images": images,
         "hues": hues,
+        **({"vae_from": str(vae_from)} if vae_from is not None else {}),
         "vae_steps": vae_done,
         "unet_steps": steps,
         "vae_steps_requested": vae_steps,

@@ -5,7 +5,8 @@
 
 Hue and size are continuous (jittered around the named colours, uniform on the whole hue circle
 with `hues="full"`, or half and half with `hues="mixed"`; sizes in a range) so that edits and frames
-can move smoothly; captions name the nearest colour and a size class.
+can move smoothly; captions name the nearest colour and a size class (`hues="named"`: the colour only
+when the hue is within NAMED_DEGREES of it).
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ class Truth:
     radius: float  # half the shape's extent, pixels
     center: tuple[float, float]  # (x, y), pixels
     big: bool
+    named: bool = True  # the caption names the colour (hues="named" leaves it out between the colours)
 
     @property
     def caption(self) -> str:
-        return f"a {'big' if self.big else 'small'} {self.colour} {self.shape}"
+        colour = f"{self.colour} " if self.named else ""
+        return f"a {'big' if self.big else 'small'} {colour}{self.shape}"
 
 
 def hue_to_rgb(hue: float, saturation: float = 1.0, value: float = 1.0) -> np.ndarray:
@@ -63,7 +66,8 @@ def shape_mask(shape: str, center: tuple[float, float], radius: float, size: int
     return inside.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3))
 
 
-HUES = ("near", "full", "mixed")  # how training images draw their hue (train-toy --hues)
+HUES = ("near", "full", "mixed", "named")  # how training images draw their hue (train-toy --hues)
+NAMED_DEGREES = 20.0  # hues="named": a caption names its colour within this many degrees of its hue
 
 
 def colour_cell(colour: str) -> tuple[float, float]:
@@ -83,22 +87,42 @@ def sample_truth(
     on the colour's whole cell of the hue circle (every hue nearer to it than to another named colour), so
     a model trained on it has seen every hue between two named ones, each colour as often; `"mixed"`:
     half of the images "near", half "full", so every hue is seen but a colour's word means its own hue
-    most of all (a "full" model's "blue" is anything from cyan to violet alike)."""
+    most of all (a "full" model's "blue" is anything from cyan to violet alike); `"named"`: half of the
+    images within NAMED_DEGREES of the named colour, half uniform on the whole circle, and a caption names
+    the colour only within NAMED_DEGREES of its hue ("a big square" between two colours), so every hue is
+    seen and a colour word means its own hue alone."""
     if hues not in HUES:
         raise ValueError(f"hues must be one of {HUES}, not {hues!r}")
     shape = shape or SHAPES[rng.integers(len(SHAPES))]
     colour = colour or list(COLOURS)[rng.integers(len(COLOURS))]
-    if hues == "mixed":
+    named = True
+    if hues == "named":
+        if rng.integers(2):
+            hue = (COLOURS[colour] + rng.uniform(-NAMED_DEGREES, NAMED_DEGREES)) % 360
+        else:
+            hue = rng.uniform(0, 360)
+            colour = nearest_colour(hue)
+            named = _apart(hue, COLOURS[colour]) <= NAMED_DEGREES
+    elif hues == "mixed":
         hues = "near" if rng.integers(2) else "full"
     if hues == "near":
         hue = COLOURS[colour] + rng.uniform(-12, 12)
-    else:
+    elif hues != "named":
         hue = rng.uniform(*colour_cell(colour)) % 360
     big = bool(rng.integers(2))
     radius = rng.uniform(9, 12) if big else rng.uniform(5, 7.5)
     margin = radius + 1
     center = (rng.uniform(margin, SIZE - margin), rng.uniform(margin, SIZE - margin))
-    return Truth(shape, colour, hue, radius, center, big)
+    return Truth(shape, colour, hue, radius, center, big, named)
+
+
+def _apart(a: float, b: float) -> float:
+    return float(min((a - b) % 360, (b - a) % 360))
+
+
+def nearest_colour(hue: float) -> str:
+    """The named colour whose hue is nearest."""
+    return min(COLOURS, key=lambda colour: _apart(hue, COLOURS[colour]))
 
 
 def render(truth: Truth) -> np.ndarray:
