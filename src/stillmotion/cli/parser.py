@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument(
         "--vae-from",
         metavar="MODEL_DIR",
-        help="take this model folder's VAE as it is instead of training one (a retrain of the denoiser alone)",
+        help="take this model folder's VAE as it is instead of training one (retrains the denoiser alone)",
     )
     toy.add_argument("--seed", type=_positive("--seed", 0), default=0)
 
