@@ -11,7 +11,14 @@ import torch
 from stillmotion.metrics import edge_ssim, temporal_smoothness
 from stillmotion.models import MethodParams, ModelDefaults
 from stillmotion.toyworld.judge import centroid, judge, mask_iou
-from stillmotion.toyworld.quality import sampling_accuracy, score_source, summarize, unseen_sources
+from stillmotion.toyworld.quality import (
+    Case,
+    sampling_accuracy,
+    score_cases,
+    score_source,
+    summarize,
+    unseen_sources,
+)
 from stillmotion.toyworld.world import COLOURS, NAMED_DEGREES, SHAPES, Truth, draw_batch, render, vocabulary
 
 TOY_MODEL = Path(__file__).resolve().parents[1] / "models" / "toyworld"
@@ -160,38 +167,56 @@ def edit_rows(toy_sd):
 def test_edits_with_the_model_defaults_follow_the_prompt_and_keep_the_structure(edit_rows):
     default = edit_rows["default"]
     assert default["edits"] == 12
-    assert default["colour_fidelity"] >= 0.9, default  # measured 1.0
-    assert default["shape_kept"] >= 0.8, default  # 1.0
-    assert default["mask_iou"] >= 0.83, default  # 0.883 (0.870 with in-betweens from embeddings)
-    assert default["last_iou"] >= 0.8, default  # 0.858: the last key frame keeps the shape
-    assert default["hollow_last"] == 0.0, default  # no empty or hollow last frame
+    # measured on the `--hues named` model (2026-12-07, issue 30); the `--hues full` model's in brackets:
+    # its edits stopped at the edge of the target's cell, changing less of the image
+    assert default["colour_fidelity"] >= 0.83, default  # measured 0.917 (1.0)
+    assert default["shape_kept"] >= 0.8, default  # 0.917 (1.0)
+    assert default["mask_iou"] >= 0.78, default  # 0.819 (0.883)
+    assert default["last_iou"] >= 0.68, default  # 0.726 (0.858): the last key frame keeps the shape
+    assert default["hollow_last"] <= 0.1, default  # 0.083: one small triangle's last frame (0)
     assert default["detours"] <= 0.1, default  # 0.0: no third colour on the way (plain: 0.167)
-    assert default["edge_ssim"] >= 0.5, default  # 0.551
+    assert default["edge_ssim"] >= 0.53, default  # 0.584 (0.551)
 
 
 def test_feature_injection_improves_structure_without_losing_fidelity(edit_rows):
     plain, default = edit_rows["plain"], edit_rows["default"]
-    # on these 12 edits; on the sweep's 60: mean IoU +0.086, last +0.198, fidelity 0.78 -> 0.98
-    # 0.774 -> 0.870 with in-betweens from embeddings; the defaults now give 0.883 (plain not re-measured)
+    # on these 12 edits, the `--hues named` model (the `--hues full` model's in brackets):
+    # mask IoU 0.742 -> 0.819 (0.774 -> 0.883), last 0.546 -> 0.726 (0.626 -> 0.858),
+    # fidelity 0.833 -> 0.917 (0.833 -> 1.0)
     assert default["mask_iou"] >= plain["mask_iou"] + 0.05, (plain, default)
-    assert default["last_iou"] >= plain["last_iou"] + 0.15, (plain, default)  # 0.626 -> 0.858
-    assert default["colour_fidelity"] >= plain["colour_fidelity"], (plain, default)  # 0.833 -> 1.0
+    assert default["last_iou"] >= plain["last_iou"] + 0.15, (plain, default)
+    assert default["colour_fidelity"] >= plain["colour_fidelity"], (plain, default)
 
 
 def test_cross_attention_guidance_improves_structure_without_losing_fidelity(edit_rows):
     plain, guided = edit_rows["plain"], edit_rows["guided"]
-    # without injection (the toy model's method before it); on the sweep's 60: mean IoU +0.044, last
-    # +0.111, fidelity 0.78 -> 0.97
-    assert guided["mask_iou"] >= plain["mask_iou"] + 0.03, (plain, guided)  # 0.774 -> 0.814
-    assert guided["edge_ssim"] >= plain["edge_ssim"] + 0.05, (plain, guided)  # 0.420 -> 0.495
-    assert guided["colour_fidelity"] >= plain["colour_fidelity"], (plain, guided)  # 0.833 -> 1.0
-    assert guided["last_iou"] >= plain["last_iou"] + 0.1, (plain, guided)  # 0.626 -> 0.747
+    # without injection (the toy model's method before it), the `--hues named` model (`--hues full`'s in
+    # brackets): mask IoU 0.742 -> 0.784 (0.774 -> 0.814), edge SSIM 0.423 -> 0.499 (0.420 -> 0.495),
+    # fidelity 0.833 -> 1.0 (the same), last IoU 0.546 -> 0.676 (0.626 -> 0.747)
+    assert guided["mask_iou"] >= plain["mask_iou"] + 0.03, (plain, guided)
+    assert guided["edge_ssim"] >= plain["edge_ssim"] + 0.05, (plain, guided)
+    assert guided["colour_fidelity"] >= plain["colour_fidelity"], (plain, guided)
+    assert guided["last_iou"] >= plain["last_iou"] + 0.1, (plain, guided)
 
 
 def test_frames_move_smoothly(edit_rows):
     for row in edit_rows.values():  # adaptive insertion (the default): worst step / mean 1.08-1.09
         assert row["insertion"] == "adaptive" and row["mean_step"] > 0, row
         assert row["worst_over_mean"] <= 2.0, row  # the spline at even times: 2.4-2.8
+
+
+def test_the_issues_schedule_lands_each_segment_on_its_colour(toy_sd):
+    """Issue 30's first report, as `stillmotion generate --model models/toyworld --source-prompt "a red
+    square" --prompt "a green square" --prompt "a blue square" --seed 0` makes it: on the `--hues full`
+    model it reached green and ended violet (285, 55 degrees from blue); its colour words meant whole cells
+    of the hue circle. The `--hues named` model's mean their own hue: 129 | 241 measured."""
+    case = Case("synthetic", "a red square", "red", "square", ("green", "blue"), seed=0)
+    params = {"synthetic": MethodParams().resolve(ModelDefaults.of_folder(toy_sd.path), synthetic=True)[0]}
+    (score,) = score_cases(toy_sd, [case], params)
+    assert [s["target"] for s in score.segments] == ["green", "blue"]
+    for segment in score.segments:  # each segment's last key frame within 30 degrees of its colour's hue
+        assert segment["lands"], score.segments
+    assert score.mean_iou >= 0.8 and not score.hollow, score  # measured 0.93
 
 
 def test_unseen_sources_are_judged_right_and_vary_what_training_fixed():

@@ -565,7 +565,7 @@ def score_cases(
         rendered, _ = render_candidates(
             sd, inverted, case.caption, case.prompts, run, case.mode == "synthetic"
         )
-        if case.mode == "real" and start_on_input:
+        if case.mode == "real" and start_on_input is not False:  # None: the pipeline always does
             rendered = start_input(sd, rendered, image)
         frames = _uint8(render_frames(sd, rendered, run))
         keys = _uint8(decode_keyframes(sd, rendered, run))
