@@ -19,7 +19,16 @@ from stillmotion.toyworld.quality import (
     summarize,
     unseen_sources,
 )
-from stillmotion.toyworld.world import COLOURS, NAMED_DEGREES, SHAPES, Truth, draw_batch, render, vocabulary
+from stillmotion.toyworld.world import (
+    COLOURS,
+    NAMED_DEGREES,
+    SHAPES,
+    Truth,
+    draw_batch,
+    render,
+    sample_truth,
+    vocabulary,
+)
 
 TOY_MODEL = Path(__file__).resolve().parents[1] / "models" / "toyworld"
 
@@ -118,6 +127,9 @@ def test_the_named_hue_world_names_a_colour_only_near_its_own_hue():
     # the truth's colour is still the nearest named one, as the judge reads it from the pixels
     verdicts = [judge(image) for image in images]
     assert np.mean([v.colour == t.colour for v, t in zip(verdicts, truths, strict=True)]) >= 0.97
+    # a colour asked for is drawn, and named, near its own hue
+    asked = [sample_truth(np.random.default_rng(i), colour="blue", hues="named") for i in range(20)]
+    assert all(t.colour == "blue" and t.named and abs(t.hue - 230) <= NAMED_DEGREES for t in asked)
 
 
 # Quality floors of the committed toy-world model (models/toyworld; the full sweep is in

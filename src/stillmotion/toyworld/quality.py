@@ -31,7 +31,7 @@ from ..models.method import (
 )
 from ..models.text import encode_text
 from .judge import centroid, judge, mask_iou
-from .world import COLOURS, SHAPES, SIZE, Truth, hue_to_rgb, render, sample_truth, shape_mask
+from .world import COLOURS, SHAPES, SIZE, Truth, hue_apart, hue_to_rgb, render, sample_truth, shape_mask
 
 DETOUR_DEGREES = 25.0  # how far a frame's hue may stray outside the path before it counts as a detour
 HOLLOW = 0.5  # a last frame whose foreground is under this share of the source's reads as hollowed
@@ -369,11 +369,6 @@ HELD_OUT_SEED = 3030  # declared before any issue-30 sweep: the cases every issu
 SWEEP_SEED = UNSEEN_SEED  # the cases the issue-30 defaults were chosen on (earlier sweeps' set too)
 LANDING_DEGREES = 30.0  # a segment lands when its last key frame's hue is this near its colour's own hue
 ARC_DEGREES = 20.0  # a frame may stray this far outside the arc from a segment's start to its target
-
-
-def hue_apart(a: float, b: float) -> float:
-    """Degrees between two hues on the circle, in [0, 180]."""
-    return float(min((a - b) % 360, (b - a) % 360))
 
 
 def recolour(caption: str, old: str, new: str) -> str:

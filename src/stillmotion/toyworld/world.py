@@ -94,15 +94,15 @@ def sample_truth(
     if hues not in HUES:
         raise ValueError(f"hues must be one of {HUES}, not {hues!r}")
     shape = shape or SHAPES[rng.integers(len(SHAPES))]
-    colour = colour or list(COLOURS)[rng.integers(len(COLOURS))]
+    asked, colour = colour, colour or list(COLOURS)[rng.integers(len(COLOURS))]
     named = True
     if hues == "named":
-        if rng.integers(2):
+        if asked or rng.integers(2):  # a colour asked for is drawn near its own hue
             hue = (COLOURS[colour] + rng.uniform(-NAMED_DEGREES, NAMED_DEGREES)) % 360
         else:
             hue = rng.uniform(0, 360)
             colour = nearest_colour(hue)
-            named = _apart(hue, COLOURS[colour]) <= NAMED_DEGREES
+            named = hue_apart(hue, COLOURS[colour]) <= NAMED_DEGREES
     elif hues == "mixed":
         hues = "near" if rng.integers(2) else "full"
     if hues == "near":
@@ -116,13 +116,14 @@ def sample_truth(
     return Truth(shape, colour, hue, radius, center, big, named)
 
 
-def _apart(a: float, b: float) -> float:
+def hue_apart(a: float, b: float) -> float:
+    """Degrees between two hues on the circle, in [0, 180]."""
     return float(min((a - b) % 360, (b - a) % 360))
 
 
 def nearest_colour(hue: float) -> str:
     """The named colour whose hue is nearest."""
-    return min(COLOURS, key=lambda colour: _apart(hue, COLOURS[colour]))
+    return min(COLOURS, key=lambda colour: hue_apart(hue, COLOURS[colour]))
 
 
 def render(truth: Truth) -> np.ndarray:
