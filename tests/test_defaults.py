@@ -54,11 +54,34 @@ def test_a_folder_without_the_file_keeps_pix2pix_zeros_defaults(tiny_model_dir, 
     assert sources == {"xa_guidance": "given", "cfg_scale": "given", "cross_frame": "default"}
 
 
+def test_a_model_may_give_synthetic_mode_its_own_cfg_scale(own_defaults_model):
+    defaults = json.loads((own_defaults_model / "stillmotion.json").read_text())
+    defaults["method_defaults"].update(cfg_scale=4.0, cfg_scale_synthetic=7.5)
+    (own_defaults_model / "stillmotion.json").write_text(json.dumps(defaults))
+    own = ModelDefaults.of_folder(own_defaults_model)
+    real, real_from = MethodParams().resolve(own, synthetic=False)
+    synthetic, synthetic_from = MethodParams().resolve(own, synthetic=True)
+    assert (real.cfg_scale, synthetic.cfg_scale) == (4.0, 7.5)
+    assert real_from["cfg_scale"] == synthetic_from["cfg_scale"] == "model"
+    assert MethodParams(cfg_scale=2.0).resolve(own, synthetic=True)[0].cfg_scale == 2.0  # given wins
+    # the keys follow the value: synthetic key frames at 7.5 key apart from real ones at 4
+    assert real.stage_fields("keyframes")["cfg_scale"] != synthetic.stage_fields("keyframes")["cfg_scale"]
+    # without it, both modes take cfg_scale; Stable Diffusion keeps pix2pix-zero's for both
+    del defaults["method_defaults"]["cfg_scale_synthetic"]
+    (own_defaults_model / "stillmotion.json").write_text(json.dumps(defaults))
+    assert (
+        MethodParams().resolve(ModelDefaults.of_folder(own_defaults_model), synthetic=True)[0].cfg_scale
+        == 4.0
+    )
+    assert MethodParams().resolve(ModelDefaults(), synthetic=True)[0].cfg_scale == DEFAULT_CFG_SCALE
+
+
 @pytest.mark.parametrize(
     "content, error",
     [
         ({"method_defaults": {"xa_guidance": 3}}, "unknown method defaults"),
         ({"method_defaults": {"cfg_scale": 0.5}}, "cfg_scale must be"),
+        ({"method_defaults": {"cfg_scale_synthetic": 0.5}}, "cfg_scale must be"),
         ({"method_defaults": {"xa_guidance_real": "lots"}}, "could not convert"),
         ({"defaults": {}}, "not a stillmotion model defaults file"),
     ],

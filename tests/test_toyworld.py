@@ -221,14 +221,15 @@ def test_the_issues_schedule_lands_each_segment_on_its_colour(toy_sd):
     """Issue 30's first report, as `stillmotion generate --model models/toyworld --source-prompt "a red
     square" --prompt "a green square" --prompt "a blue square" --seed 0` makes it: on the `--hues full`
     model it reached green and ended violet (285, 55 degrees from blue); its colour words meant whole cells
-    of the hue circle. The `--hues named` model's mean their own hue: 129 | 241 measured."""
+    of the hue circle. The `--hues named` model's mean their own hue: 131 | 240 measured
+    (CFG 7.5, the model's synthetic-mode default)."""
     case = Case("synthetic", "a red square", "red", "square", ("green", "blue"), seed=0)
     params = {"synthetic": MethodParams().resolve(ModelDefaults.of_folder(toy_sd.path), synthetic=True)[0]}
     (score,) = score_cases(toy_sd, [case], params)
     assert [s["target"] for s in score.segments] == ["green", "blue"]
     for segment in score.segments:  # each segment's last key frame within 30 degrees of its colour's hue
         assert segment["lands"], score.segments
-    assert score.mean_iou >= 0.8 and not score.hollow, score  # measured 0.93
+    assert score.mean_iou >= 0.8 and not score.hollow, score  # measured 0.97
 
 
 def test_unseen_sources_are_judged_right_and_vary_what_training_fixed():

@@ -319,7 +319,7 @@ class MethodParams:
         xa = f"xa_guidance_{mode}"
         for name, given, default in (
             ("steps", self.steps, "steps"),
-            ("cfg_scale", self.cfg_scale, "cfg_scale"),
+            ("cfg_scale", self.cfg_scale, defaults.cfg_scale_for(synthetic)),
             ("xa_guidance", self.xa_guidance, xa),
             ("cross_frame", self.cross_frame, "cross_frame"),
             ("direction", self.direction, "direction"),
@@ -369,6 +369,7 @@ class ModelDefaults:
     xa_guidance_real: float = DEFAULT_XA_GUIDANCE_REAL
     xa_guidance_synthetic: float = DEFAULT_XA_GUIDANCE_SYNTHETIC
     cfg_scale: float = DEFAULT_CFG_SCALE
+    cfg_scale_synthetic: float | None = None  # synthetic mode's CFG scale where it differs; None: cfg_scale
     steps: int = DEFAULT_STEPS
     cross_frame: str = "off"
     direction: str = "prompt"
@@ -386,6 +387,11 @@ class ModelDefaults:
 
     def source_of(self, name: str) -> str:
         return "model" if name in self.from_model else "default"
+
+    def cfg_scale_for(self, synthetic: bool) -> str:
+        """The name of the mode's CFG default: "cfg_scale_synthetic" where the model sets one, else
+        "cfg_scale"."""
+        return "cfg_scale_synthetic" if synthetic and self.cfg_scale_synthetic is not None else "cfg_scale"
 
     @classmethod
     def of_folder(cls, folder: str | Path) -> ModelDefaults:
@@ -432,7 +438,9 @@ class ModelDefaults:
                 inject_features=defaults.inject_features_real,
                 inject_layers=defaults.inject_layers,
             )
-            MethodParams(inject_features=defaults.inject_features_synthetic)
+            MethodParams(
+                inject_features=defaults.inject_features_synthetic, cfg_scale=defaults.cfg_scale_synthetic
+            )
         except (ValueError, TypeError) as error:
             raise ValueError(f"{path}: {error}") from None
         return defaults
