@@ -317,13 +317,14 @@ def load_scores(records: list[dict]) -> list[EditScore]:
 
 def main() -> None:
     args = parse_args()
-    if args.schedules:
-        runs = [json.loads(path.read_text()) for path in args.merge] if args.merge else [run_schedules(args)]
+    merged = [json.loads(path.read_text()) for path in args.merge or ()]
+    if args.schedules or any("schedules" in r for r in merged):  # saved --schedules runs merge as such
+        runs = merged or [run_schedules(args)]
         if args.save:
             args.save.write_text(json.dumps(runs[0]))
         report_schedules(runs)
         return
-    runs = [json.loads(path.read_text()) for path in args.merge] if args.merge else [run(args)]
+    runs = merged or [run(args)]
     if args.save:
         args.save.write_text(json.dumps(runs[0]))
     accuracy = next((r["accuracy"] for r in runs if r["accuracy"]), None)

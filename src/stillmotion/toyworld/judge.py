@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .world import COLOURS
+from .world import nearest_colour
 
 FOREGROUND = 0.25  # max channel above this (of 1.0) is foreground
 
@@ -37,7 +37,7 @@ def judge(image: np.ndarray) -> Verdict:
         return Verdict(None, None, None, mask)
     mean = image[mask].astype(np.float64).mean(axis=0) / 255
     hue = colorsys.rgb_to_hsv(*mean)[0] * 360
-    colour = min(COLOURS, key=lambda name: min(abs(hue - COLOURS[name]), 360 - abs(hue - COLOURS[name])))
+    colour = nearest_colour(hue)
     ys, xs = np.nonzero(mask)
     box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
     fill = mask.sum() / box

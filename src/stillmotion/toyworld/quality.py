@@ -31,7 +31,18 @@ from ..models.method import (
 )
 from ..models.text import encode_text
 from .judge import centroid, judge, mask_iou
-from .world import COLOURS, SHAPES, SIZE, Truth, hue_apart, hue_to_rgb, render, sample_truth, shape_mask
+from .world import (
+    COLOURS,
+    SHAPES,
+    SIZE,
+    Truth,
+    hue_apart,
+    hue_to_rgb,
+    nearest_colour,
+    render,
+    sample_truth,
+    shape_mask,
+)
 
 DETOUR_DEGREES = 25.0  # how far a frame's hue may stray outside the path before it counts as a detour
 HOLLOW = 0.5  # a last frame whose foreground is under this share of the source's reads as hollowed
@@ -95,16 +106,9 @@ def third_colour(hue: float, start: float, end: float) -> bool:
     """Whether `hue` is nearer some third named colour than to both ends' named colours (those nearest
     `start` and `end`: a blue source's frame that strays further into blue is no third colour; a tie is
     not nearer)."""
-
-    def apart(a: float, b: float) -> float:
-        return min((a - b) % 360, (b - a) % 360)
-
-    def named(h: float) -> str:
-        return min(COLOURS, key=lambda name: apart(h, COLOURS[name]))
-
-    ends = {named(start), named(end)}
-    third = min(apart(hue, COLOURS[name]) for name in COLOURS if name not in ends)
-    return third < min(apart(hue, COLOURS[name]) for name in ends)
+    ends = {nearest_colour(start), nearest_colour(end)}
+    third = min(hue_apart(hue, COLOURS[name]) for name in COLOURS if name not in ends)
+    return third < min(hue_apart(hue, COLOURS[name]) for name in ends)
 
 
 def detours(hue: float | None, start: float, end: float) -> bool:
