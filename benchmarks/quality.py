@@ -151,6 +151,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--inject-features", type=float, help="key frames take the reference's features for this fraction"
     )
     parser.add_argument("--inject-layer", dest="inject_layers", action="append", help="repeatable")
+    parser.add_argument(
+        "--inject-mode", choices=["replace", "layout"], help="the source's features or their layout alone"
+    )
     parser.add_argument("--label", default="", help="a name for this variant in the report")
     parser.add_argument("--samples-per-prompt", type=int, default=8, help="0: skip the sampling check")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
@@ -191,6 +194,7 @@ def method_params(
         edit_from=args.edit_from,
         inject_features=args.inject_features,
         inject_layers=tuple(args.inject_layers) if args.inject_layers else None,
+        inject_mode=args.inject_mode,
     ).resolve(ModelDefaults.of_folder(sd.path), synthetic=synthetic)[0]
 
 

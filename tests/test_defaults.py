@@ -181,13 +181,17 @@ def test_feature_injection_travels_with_the_model_and_a_bad_layer_is_named(
 ):
     defaults = json.loads((own_defaults_model / "stillmotion.json").read_text())
     defaults["method_defaults"].update(
-        inject_features_real=0.25, inject_features_synthetic=0.5, inject_layers="up_blocks.2.resnets.0"
+        inject_features_real=0.25,
+        inject_features_synthetic=0.5,
+        inject_layers="up_blocks.2.resnets.0",
+        inject_mode="layout",
     )
     (own_defaults_model / "stillmotion.json").write_text(json.dumps(defaults))
     own = ModelDefaults.of_folder(own_defaults_model)
     assert own.inject_layers == ("up_blocks.2.resnets.0",)  # one name alone: a name, not its letters
     assert MethodParams().resolve(own, synthetic=False)[0].inject_features == 0.25  # each mode its own
     assert MethodParams().resolve(ModelDefaults(), synthetic=False)[0].injection_share == 0.0  # SD: off
+    assert MethodParams().resolve(ModelDefaults(), synthetic=False)[0].inject_mode == "replace"  # SD: PnP
     out = tmp_path / "video"
     args = ["generate", "--source-prompt", "a red car", "--prompt", "a blue car", "--out", str(out)]
     fast = ["--keyframes", "2", "--frames", "2", "--steps", "3", "--model", str(own_defaults_model)]
@@ -197,6 +201,9 @@ def test_feature_injection_travels_with_the_model_and_a_bad_layer_is_named(
         metadata["params"]["inject_features"] == 0.5 and metadata["params_from"]["inject_features"] == "model"
     )
     assert metadata["params"]["inject_layers"] == ["up_blocks.2.resnets.0"]
+    assert (metadata["params"]["inject_mode"], metadata["params_from"]["inject_mode"]) == ("layout", "model")
+    assert main([*args, *fast, "--inject-mode", "replace"]) == 0  # a given value wins
+    assert json.loads((out / "metadata.json").read_text())["params"]["inject_mode"] == "replace"
     assert main([*args, *fast, "--inject-features", "0"]) == 0  # a given value wins: off
     metadata = json.loads((out / "metadata.json").read_text())
     assert (metadata["params"]["inject_features"], metadata["params_from"]["inject_features"]) == (
@@ -206,3 +213,7 @@ def test_feature_injection_travels_with_the_model_and_a_bad_layer_is_named(
     capsys.readouterr()
     assert main([*args, *fast, "--inject-layer", "up_blocks.7.resnets.0"]) != 0
     assert "up_blocks.7.resnets.0" in capsys.readouterr().err  # the bad name, and the blocks there are
+    defaults["method_defaults"]["inject_mode"] = "colour"
+    (own_defaults_model / "stillmotion.json").write_text(json.dumps(defaults))
+    with pytest.raises(ValueError, match="inject_mode must be 'replace' or 'layout'"):
+        ModelDefaults.of_folder(own_defaults_model)

@@ -43,6 +43,7 @@ CHANGES = {
     "edit_from": (0.2, {"keyframes"}),
     "inject_features": (0.3, {"keyframes"}),
     "inject_layers": (("down_blocks.0.resnets.0",), {"keyframes"}),
+    "inject_mode": ("layout", {"keyframes"}),
     "batch_size": (2, set()),  # memory only
 }
 DOWNSTREAM = {

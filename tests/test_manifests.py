@@ -419,6 +419,7 @@ def test_the_edit_options_are_columns_and_a_missing_one_is_the_models(memory_roo
         "negative_until": 0.25,
         "inject_features": 0.5,
         "inject_layers": ["up_blocks.1.resnets.1", "up_blocks.2.resnets.0"],
+        "inject_mode": "layout",
     }
     rows = read_rows(write_manifest(f"{memory_root}/m.parquet", [edited, {**GOOD_2, "direction": None}]))
     params = rows[0].request.params
@@ -429,6 +430,6 @@ def test_the_edit_options_are_columns_and_a_missing_one_is_the_models(memory_roo
     assert (params.xa_until, params.xa_schedule, params.inbetween) == (0.5, "linear", "latent")
     assert (params.negative, params.negative_until) == ("empty", 0.25)
     layers = ("up_blocks.1.resnets.1", "up_blocks.2.resnets.0")
-    assert (params.inject_features, params.inject_layers) == (0.5, layers)
+    assert (params.inject_features, params.inject_layers, params.inject_mode) == (0.5, layers, "layout")
     default = rows[1].request.params  # None: filled in from the model's defaults when the run resolves it
     assert (default.direction, default.direction_templates, default.xa_until, default.negative) == (None,) * 4

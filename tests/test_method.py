@@ -130,6 +130,45 @@ def test_feature_injection_gives_the_key_frames_the_reference_features_for_its_s
     assert {"inject_features", "inject_layers"} <= set(STAGE_FIELDS["keyframes"])  # keyed (test_keys.py)
 
 
+def test_layout_injection_takes_the_reference_features_less_their_mean_and_keeps_the_frames_own_mean(sd):
+    embeds = embed(sd, ["a cat", "a dog", "a bird"])
+    caption, edited = embeds[:1], embeds[1:]  # two key frames
+    x_t = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3))
+    common = dict(steps=4, cfg_scale=5.0, xa_guidance=0.0, inject_features=0.5)
+    layer = "up_blocks.1.resnets.1"
+    own, seen = [], []  # the layer's own output (hooked before the injection), what the next block gets
+    own_hook = sd.unet.get_submodule(layer).register_forward_hook(
+        lambda module, args, output: own.append(output.detach().clone())
+    )
+    after = sd.unet.get_submodule("up_blocks.1.attentions.1")
+    seen_hook = after.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    try:
+        _, layout = guided_keyframes(
+            sd.unet, sd.scheduler_config, x_t, caption, caption, edited,
+            inject_layers=(layer,), inject_mode="layout", **common,
+        )  # fmt: skip
+    finally:
+        own_hook.remove()
+        seen_hook.remove()
+    _, replaced = guided_keyframes(
+        sd.unet, sd.scheduler_config, x_t, caption, caption, edited, inject_layers=(layer,), **common
+    )
+
+    def mean(features):  # per frame and channel, over the image
+        return features.mean((-2, -1), keepdim=True)
+
+    for step in range(2):  # the injected steps
+        reference = seen[2 * step].repeat_interleave(2, dim=0)  # each key-frame copy's own kind
+        frames, frames_own = seen[2 * step + 1], own[2 * step + 1]
+        torch.testing.assert_close(frames - mean(frames), reference - mean(reference))  # the layout
+        torch.testing.assert_close(mean(frames), mean(frames_own))  # the key frames' own level
+        assert (mean(frames) - mean(reference)).abs().max() > 1e-4  # which is not the reference's
+    assert (layout - replaced).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="inject_mode"):
+        MethodParams(inject_mode="mean")
+    assert "inject_mode" in STAGE_FIELDS["keyframes"]  # keyed (test_keys.py)
+
+
 def map_distances(sd, x_t, caption, edited, steps, xa_guidance):
     """Per step, the attn2-map loss of the key frame's trajectory against the reference maps."""
     scheduler = DDIMScheduler.from_config(sd.scheduler_config)

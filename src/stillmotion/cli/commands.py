@@ -82,6 +82,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             edit_from=args.edit_from,
             inject_features=args.inject_features,
             inject_layers=tuple(args.inject_layers) if args.inject_layers else None,
+            inject_mode=args.inject_mode,
             xa_guidance=args.xa_guidance,
             cfg_scale=args.cfg_scale,
             batch_size=args.batch_size,

@@ -296,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a UNet ResNet block for --inject-features, as named_modules() names it (repeatable; "
         "default: the model's, else up_blocks.1.resnets.1, Plug-and-Play's layer)",
     )
+    edit.add_argument(
+        "--inject-mode",
+        choices=["replace", "layout"],
+        help="what --inject-features takes from the source frame: its features (replace, Plug-and-Play) "
+        "or their layout alone, with the key frame's own mean per channel (layout: the source's colour "
+        "does not hold a colour edit back); default: the model's, else replace",
+    )
     gen.add_argument(
         "--xa-guidance",
         type=_non_negative_float,

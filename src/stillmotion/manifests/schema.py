@@ -48,6 +48,7 @@ MANIFEST_COLUMNS: dict[str, pa.DataType] = {
     "edit_from": pa.float64(),  # key frames follow the unedited source frame for this fraction, [0, 1)
     "inject_features": pa.float64(),  # key frames take the source frame's features for this fraction, [0, 1]
     "inject_layers": pa.list_(pa.string()),  # the UNet ResNet blocks inject_features replaces
+    "inject_mode": pa.string(),  # replace | layout: the source's features, or their layout alone
 }
 MANIFEST_SCHEMA = pa.schema([pa.field(name, kind) for name, kind in MANIFEST_COLUMNS.items()])
 REQUIRED_COLUMNS = ("video_id", "prompts")
@@ -55,7 +56,16 @@ SOURCE_COLUMNS = ("image", "source_prompt")  # a manifest needs at least one; a 
 INT_COLUMNS = ("keyframes", "frames", "fps", "seed", "steps", "batch_size", "candidates")
 FLOAT_COLUMNS = ("xa_guidance", "cfg_scale", "xa_until", "negative_until", "edit_from", "inject_features")
 LIST_COLUMNS = ("prompts", "direction_templates", "inject_layers")  # lists of strings
-WORD_COLUMNS = ("curve", "cross_frame", "insertion", "direction", "xa_schedule", "inbetween", "negative")
+WORD_COLUMNS = (
+    "curve",
+    "cross_frame",
+    "insertion",
+    "direction",
+    "xa_schedule",
+    "inbetween",
+    "negative",
+    "inject_mode",
+)
 
 
 class ManifestError(ValueError):

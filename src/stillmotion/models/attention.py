@@ -20,6 +20,8 @@ from typing import Literal
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
+from .params import InjectMode
+
 CrossFrame = Literal["off", "replace", "extend", "maps"]
 
 
@@ -39,6 +41,7 @@ class AttentionStore:
         # feature injection: while `inject` is set, the reference pass records the output of each
         # injected layer and the key frames' passes take it in place of their own (see FeatureInjection)
         self.inject = False
+        self.inject_mode: InjectMode = "replace"  # or "layout": see FeatureInjection
         self.features: dict[str, torch.Tensor] = {}  # layer name -> (copies, C, h, w)
 
     def add_guidance_loss(self, name: str, probs: torch.Tensor, heads: int) -> None:
@@ -110,7 +113,12 @@ class FeatureInjection:
     2023). While `store.inject` is set the reference pass records the layer's output and the key frames'
     passes replace theirs with it, so the spatial features that fix the layout (PnP: the decoder's 4th
     layer, `up_blocks.1.resnets.1` in Stable Diffusion) come from the source frame, while the layers after
-    it, conditioned on the edited text, change the appearance."""
+    it, conditioned on the edited text, change the appearance.
+
+    `store.inject_mode` "layout" takes only the source's spatial pattern: its features less their mean over
+    the image, plus the key frame's own mean, channel by channel. The source's overall feature level
+    (what its colour adds everywhere) no longer holds the key frame back, so an edit of the colour is not
+    stopped short on its way from the source's."""
 
     def __init__(self, name: str, store: AttentionStore) -> None:
         self.name = name
@@ -123,7 +131,10 @@ class FeatureInjection:
         if not store.keyframes:
             store.features[self.name] = output.detach()
             return None
-        return per_frame(store.features[self.name], output.shape[0]).to(output.dtype)
+        source = per_frame(store.features[self.name], output.shape[0]).to(output.dtype)
+        if store.inject_mode == "layout":
+            return source - source.mean((-2, -1), keepdim=True) + output.mean((-2, -1), keepdim=True)
+        return source
 
 
 class CrossFrameProcessor:
@@ -195,7 +206,10 @@ def injected_layers(unet: torch.nn.Module, names: tuple[str, ...]) -> list[torch
 
 @contextmanager
 def attention_store(
-    unet: torch.nn.Module, cross_frame: CrossFrame = "off", inject_layers: tuple[str, ...] = ()
+    unet: torch.nn.Module,
+    cross_frame: CrossFrame = "off",
+    inject_layers: tuple[str, ...] = (),
+    inject_mode: InjectMode = "replace",
 ) -> Iterator[AttentionStore]:
     """Install map-capturing processors on every attn2 layer (and, with cross-frame attention, the
     cross-frame processor on every attn1 layer; and a FeatureInjection hook on each of `inject_layers`);
@@ -203,6 +217,7 @@ def attention_store(
     layers = injected_layers(unet, inject_layers)
     original = dict(unet.attn_processors)
     store = AttentionStore(cross_frame)
+    store.inject_mode = inject_mode
     processors = {}
     for name, processor in original.items():
         if ".attn2." in name:

@@ -15,7 +15,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from .attention import AttentionStore, CrossFrame, attention_store
-from .params import Curve, XaSchedule
+from .params import Curve, InjectMode, XaSchedule
 
 
 def edit_weights(keyframes: int, curve: Curve = "log") -> list[float]:
@@ -141,6 +141,7 @@ def guided_keyframes(
     edit_from: float = 0.0,
     inject_features: float = 0.0,
     inject_layers: tuple[str, ...] = (),
+    inject_mode: InjectMode = "replace",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise the reference (source frame) and every key frame from x_T in one loop.
 
@@ -154,7 +155,8 @@ def guided_keyframes(
     follow the reference for the first `edit_from` of the steps (the layout they share is settled there)
     and branch from its latent, to their edited embeddings, after. For the first `inject_features` of the
     steps the key frames take the reference pass's output of each of `inject_layers` in place of their own
-    (Plug-and-Play's feature injection, see attention.FeatureInjection).
+    (Plug-and-Play's feature injection), or only their layout with `inject_mode` "layout" (see
+    attention.FeatureInjection).
     Returns (source latent (1, C, h, w), key-frame latents (F, C, h, w)), both fp32.
     """
     # 1. prepare timesteps and the per-chunk state
@@ -173,7 +175,7 @@ def guided_keyframes(
     shared = math.floor(edit_from * steps + 1e-9)  # steps the key frames take as the reference
     injected = math.ceil(inject_features * steps - 1e-9) if inject_layers else 0  # steps with injection
     # 2. denoising loop: reference pass, then a guided step for each chunk of key frames
-    with attention_store(unet, cross_frame, inject_layers if injected else ()) as store:
+    with attention_store(unet, cross_frame, inject_layers if injected else (), inject_mode) as store:
         for i, t in enumerate(scheduler.timesteps):
             negative = keyframe_negative_embeds if i < own_steps else negative_embeds
             reference_embeds = torch.cat([negative, caption_embeds][-copies:]).to(unet.dtype)

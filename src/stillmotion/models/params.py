@@ -28,6 +28,7 @@ Direction = Literal["prompt", "sentences"]
 Inbetween = Literal["embedding", "latent"]
 XaSchedule = Literal["constant", "linear"]
 Negative = Literal["caption", "empty"]
+InjectMode = Literal["replace", "layout"]
 # the sentences a "sentences" edit direction substitutes the changed word into, when neither the user nor
 # the model folder gives its own (pix2pix-zero averages ~1,000 generated sentences per word; these are
 # a short, generic stand-in for nouns)
@@ -54,7 +55,7 @@ DEFAULT_STEPS = 50
 # Diffusion's second up block (a UNet of the same layout, the toy model's, has a layer of that name too)
 DEFAULT_INJECT_LAYERS = ("up_blocks.1.resnets.1",)
 # the model defaults that are words, not numbers
-WORD_DEFAULTS = ("cross_frame", "direction", "xa_schedule", "inbetween", "negative")
+WORD_DEFAULTS = ("cross_frame", "direction", "xa_schedule", "inbetween", "negative", "inject_mode")
 MODEL_DEFAULTS_FILE = "stillmotion.json"  # beside model_index.json: the model's own method defaults
 
 # The fields of a resolved MethodParams each cached stage reads: a stage's key is the hash of exactly these
@@ -81,6 +82,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "edit_from",
         "inject_features",
         "inject_layers",
+        "inject_mode",
     ),
     "frames": ("keyframes", "frames", "insertion"),
     "encode": ("fps",),
@@ -144,6 +146,10 @@ class MethodParams:
     # layout and the edited text the appearance; None: the model's (0: off, as pix2pix-zero)
     inject_features: float | None = None
     inject_layers: tuple[str, ...] | None = None  # None: the model's, else DEFAULT_INJECT_LAYERS
+    # what the key frames take: the source's features themselves ("replace", Plug-and-Play), or their layout
+    # alone ("layout": less their mean over the image, plus the key frame's own mean, channel by channel,
+    # so the source's colour does not hold a colour edit back); None: the model's ("replace")
+    inject_mode: InjectMode | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.keyframes <= MAX_KEYFRAMES:
@@ -208,6 +214,8 @@ class MethodParams:
             raise ValueError(f"inject_layers: at most {MAX_INJECT_LAYERS} names of a UNet's modules")
         if self.inbetween not in (None, "embedding", "latent"):
             raise ValueError(f"inbetween must be 'embedding' or 'latent', got {self.inbetween!r}")
+        if self.inject_mode not in (None, "replace", "layout"):
+            raise ValueError(f"inject_mode must be 'replace' or 'layout', got {self.inject_mode!r}")
 
     @property
     def frames_per_segment(self) -> int:
@@ -265,6 +273,10 @@ class MethodParams:
     def injection_layers(self) -> tuple[str, ...]:
         return self.inject_layers or DEFAULT_INJECT_LAYERS
 
+    @property
+    def injection_mode(self) -> InjectMode:
+        return self.inject_mode or "replace"
+
     def loop_options(self) -> dict:
         """The `guided_keyframes` keywords these parameters set (besides steps, CFG and guidance)."""
         return {
@@ -275,6 +287,7 @@ class MethodParams:
             "edit_from": self.edit_from_share,
             "inject_features": self.injection_share,
             "inject_layers": self.injection_layers,
+            "inject_mode": self.injection_mode,
         }
 
     @property
@@ -308,6 +321,8 @@ class MethodParams:
             changed["direction_templates"] = list(self.templates)
         if self.injection_share:
             changed["inject_layers"] = list(self.injection_layers)
+            if self.injection_mode != "replace":
+                changed["inject_mode"] = self.injection_mode
         return changed
 
     def resolve(self, defaults: ModelDefaults, synthetic: bool) -> tuple[MethodParams, dict[str, str]]:
@@ -332,6 +347,7 @@ class MethodParams:
             ("edit_from", self.edit_from, "edit_from"),
             ("inject_features", self.inject_features, f"inject_features_{mode}"),
             ("inject_layers", self.inject_layers, "inject_layers"),
+            ("inject_mode", self.inject_mode, "inject_mode"),
         ):
             values[name] = given if given is not None else getattr(defaults, default)
             source = "given" if given is not None else defaults.source_of(default)
@@ -383,6 +399,7 @@ class ModelDefaults:
     inject_features_real: float = 0.0  # feature injection's share of the steps, per mode as the guidance
     inject_features_synthetic: float = 0.0
     inject_layers: tuple[str, ...] = DEFAULT_INJECT_LAYERS
+    inject_mode: str = "replace"
     from_model: frozenset[str] = frozenset()  # the names the model folder set
 
     def source_of(self, name: str) -> str:
@@ -437,6 +454,7 @@ class ModelDefaults:
                 edit_from=defaults.edit_from,
                 inject_features=defaults.inject_features_real,
                 inject_layers=defaults.inject_layers,
+                inject_mode=defaults.inject_mode,
             )
             MethodParams(
                 inject_features=defaults.inject_features_synthetic, cfg_scale=defaults.cfg_scale_synthetic
