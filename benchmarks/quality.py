@@ -258,6 +258,10 @@ def report_schedules(runs: list[dict]) -> None:
         "source_ok",
     ]
     print_table(rows, header)
+    print("\nWhere the misses come from (shares of the cases; see toyworld.quality.miss_causes):\n")
+    print_table(
+        rows, ["variant", "mode", "kind", "cases_landed", "missed_source", "missed_colour", "missed_shape"]
+    )
     real = [r for r in rows if r["mode"] == "real"]
     if real:
         print("\nFirst frame of real-mode videos (source.png) against the fitted input:\n")

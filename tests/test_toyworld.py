@@ -293,6 +293,36 @@ def test_a_segment_lands_near_its_colours_own_hue_and_stays_on_the_arc_from_the_
     assert two[1]["lands"] and two[1]["detour"]  # lands, but by way of red: a detour
 
 
+def test_each_miss_has_one_cause_the_source_first_then_the_colour_then_the_shape():
+    from stillmotion.toyworld.quality import CaseScore, miss_causes, summarize_cases
+
+    def case(errors, shapes_ok=None, source_ok=True):
+        shapes_ok = shapes_ok or [True] * len(errors)
+        segments = [
+            {"error": e, "shape_ok": ok, "lands": e is not None and e <= 30 and ok}
+            for e, ok in zip(errors, shapes_ok, strict=True)
+        ]
+        landed = all(seg["lands"] for seg in segments)
+        return CaseScore(
+            "real", "schedule", "a red circle", [], 0, segments, landed, 0.9, 0.9, False, False, source_ok
+        )
+
+    group = [
+        case([5, 10]),  # landed
+        case([5, 10], source_ok=False),  # landed although the source is off: not a miss
+        case([40, 10], source_ok=False),  # the source first
+        case([5, 45]),  # a colour missed
+        case([5, None], [True, False]),  # no colour at all, shape lost too: the colour
+        case([5, 10], [True, False]),  # every colour reached, a shape lost
+        case([5, 10], [True, True]),  # landed
+        case([12]),  # landed
+    ]
+    causes = miss_causes(group)
+    assert causes == {"missed_source": 1 / 8, "missed_colour": 2 / 8, "missed_shape": 1 / 8}
+    (row,) = summarize_cases(group)
+    assert row["cases_landed"] + sum(causes.values()) == pytest.approx(1.0)
+
+
 def test_issue_30_cases_are_fixed_and_separate_the_held_out_set_from_the_sweep_set():
     from stillmotion.toyworld.quality import HELD_OUT_SEED, SWEEP_SEED, issue30_cases
 

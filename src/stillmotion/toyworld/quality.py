@@ -620,6 +620,27 @@ def score_cases(
     return scores
 
 
+def miss_causes(group: list[CaseScore]) -> dict[str, float]:
+    """Where a group's misses come from, as shares of its cases (they add up to 1 - cases_landed):
+    "missed_source" the video's first frame already has another colour or shape than the case's (the
+    input through the VAE in real mode, the model's drawing of the source prompt in synthetic mode);
+    else "missed_colour" some segment's end more than LANDING_DEGREES from its colour's hue (or no
+    colour at all); else "missed_shape" (every colour reached, a shape lost)."""
+    missed = [s for s in group if not s.landed]
+    source_off = [s for s in missed if not s.source_ok]
+    colour = [
+        s
+        for s in missed
+        if s.source_ok and any(seg["error"] is None or seg["error"] > LANDING_DEGREES for seg in s.segments)
+    ]
+    cases = max(len(group), 1)
+    return {
+        "missed_source": len(source_off) / cases,
+        "missed_colour": len(colour) / cases,
+        "missed_shape": (len(missed) - len(source_off) - len(colour)) / cases,
+    }
+
+
 def summarize_cases(scores: list[CaseScore]) -> list[dict]:
     """One row per (variant, mode, kind): the issue-30 targets' numbers."""
     rows = []
@@ -644,6 +665,7 @@ def summarize_cases(scores: list[CaseScore]) -> list[dict]:
                 "detours": float(np.mean([s.detour for s in group])),
                 "hollow": float(np.mean([s.hollow for s in group])),
                 "source_ok": float(np.mean([s.source_ok for s in group])),
+                **miss_causes(group),
                 "first_hue_error": float(np.mean(first)) if first else float("nan"),
                 "first_within_10": float(np.mean([e <= 10 for e in first])) if first else float("nan"),
                 "first_iou": float(np.mean([s.first_iou for s in group if s.first_iou is not None]))
