@@ -144,6 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--negative-until", type=float, help="--negative empty for the first fraction of steps only"
     )
+    parser.add_argument("--negative-from", type=float, help="--negative empty from this fraction of steps on")
     parser.add_argument(
         "--edit-from", type=float, help="key frames follow the reference for this fraction of the steps"
     )
@@ -191,6 +192,7 @@ def method_params(
         inbetween=args.inbetween,
         negative=args.negative,
         negative_until=args.negative_until,
+        negative_from=args.negative_from,
         edit_from=args.edit_from,
         inject_features=args.inject_features,
         inject_layers=tuple(args.inject_layers) if args.inject_layers else None,

@@ -113,13 +113,14 @@ def test_the_edit_options_reach_the_video_and_its_metadata(tiny_model_dir, image
     out = tmp_path / "edited"
     options = ["--direction", "sentences", "--direction-template", "a photo of a {}", "--xa-until", "0.5"]
     options += ["--xa-schedule", "linear", "--inbetween", "latent", "--negative", "empty"]
-    options += ["--negative-until", "0.5", "--caption", "a photo of a cat", "--prompt", "a photo of a dog"]
+    options += ["--negative-until", "0.5", "--negative-from", "0.25"]
+    options += ["--caption", "a photo of a cat", "--prompt", "a photo of a dog"]
     assert generate(tiny_model_dir, out, "--image", str(image_path), *options) == 0
     metadata = json.loads((out / "metadata.json").read_text())
     params, given = metadata["params"], metadata["params_from"]
     assert (params["direction"], params["direction_templates"]) == ("sentences", ["a photo of a {}"])
     assert (params["xa_until"], params["xa_schedule"], params["inbetween"]) == (0.5, "linear", "latent")
-    assert (params["negative"], params["negative_until"]) == ("empty", 0.5)
+    assert (params["negative"], params["negative_from"], params["negative_until"]) == ("empty", 0.25, 0.5)
     assert given["direction"] == given["negative"] == "given"
 
 

@@ -40,6 +40,7 @@ CHANGES = {
     "inbetween": ("latent", {"keyframes"}),
     "negative": ("empty", {"keyframes"}),
     "negative_until": (0.5, {"keyframes"}),
+    "negative_from": (0.25, {"keyframes"}),
     "edit_from": (0.2, {"keyframes"}),
     "inject_features": (0.3, {"keyframes"}),
     "inject_layers": (("down_blocks.0.resnets.0",), {"keyframes"}),

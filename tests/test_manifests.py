@@ -104,6 +104,8 @@ BAD_ROWS = {
     "bad inbetween": ({"inbetween": "pixels"}, "inbetween", "'embedding' or 'latent'"),
     "bad negative": ({"negative": "none"}, "negative", "'caption' or 'empty'"),
     "negative_until 2": ({"negative_until": 2.0}, "negative_until", "(0, 1]"),
+    "negative_from 1": ({"negative_from": 1.0}, "negative_from", "[0, 1)"),
+    "negative_from past until": ({"negative_from": 0.5, "negative_until": 0.5}, "negative_from", "below"),
 }
 
 
@@ -416,7 +418,8 @@ def test_the_edit_options_are_columns_and_a_missing_one_is_the_models(memory_roo
         "xa_schedule": "linear",
         "inbetween": "latent",
         "negative": "empty",
-        "negative_until": 0.25,
+        "negative_until": 0.75,
+        "negative_from": 0.25,
         "inject_features": 0.5,
         "inject_layers": ["up_blocks.1.resnets.1", "up_blocks.2.resnets.0"],
         "inject_mode": "layout",
@@ -428,7 +431,7 @@ def test_the_edit_options_are_columns_and_a_missing_one_is_the_models(memory_roo
         ("a photo of a {}", "a {} in the grass"),
     )
     assert (params.xa_until, params.xa_schedule, params.inbetween) == (0.5, "linear", "latent")
-    assert (params.negative, params.negative_until) == ("empty", 0.25)
+    assert (params.negative, params.negative_from, params.negative_until) == ("empty", 0.25, 0.75)
     layers = ("up_blocks.1.resnets.1", "up_blocks.2.resnets.0")
     assert (params.inject_features, params.inject_layers, params.inject_mode) == (0.5, layers, "layout")
     default = rows[1].request.params  # None: filled in from the model's defaults when the run resolves it

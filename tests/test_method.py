@@ -95,6 +95,31 @@ def test_edit_from_branches_the_key_frames_from_the_reference_after_its_share_of
     assert "edit_from" in STAGE_FIELDS["keyframes"]  # the key frames' key changes with it (test_keys.py)
 
 
+def test_negative_from_gives_the_key_frames_the_empty_negative_only_from_its_share_of_the_steps(sd):
+    embeds = embed(sd, ["a cat", "a dog", ""])
+    caption, edited, empty = embeds[:1], embeds[1:2], embeds[2:]
+    x_t = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(4))
+    common = dict(steps=4, cfg_scale=5.0, xa_guidance=0.0, keyframe_negative_embeds=empty)
+    _, late = guided_keyframes(
+        sd.unet, sd.scheduler_config, x_t, caption, caption, edited, negative_from=0.5, **common
+    )
+    _, throughout = guided_keyframes(sd.unet, sd.scheduler_config, x_t, caption, caption, edited, **common)
+    # by hand: two CFG steps against the caption (pix2pix-zero's), then two against the empty prompt
+    scheduler = DDIMScheduler.from_config(sd.scheduler_config)
+    scheduler.set_timesteps(4)
+    latent = x_t.clone()
+    with torch.no_grad():
+        for i, t in enumerate(scheduler.timesteps):
+            negative = caption if i < 2 else empty
+            both = sd.unet(torch.cat([latent] * 2), t, encoder_hidden_states=torch.cat([negative, edited]))
+            latent = scheduler.step(classifier_free_guidance(both.sample, 5.0), t, latent).prev_sample
+    torch.testing.assert_close(late, latent, atol=1e-4, rtol=0)
+    assert (late - throughout).abs().max() > 1e-3  # the empty negative on every step is another video
+    with pytest.raises(ValueError, match="negative_from"):
+        MethodParams(negative_from=0.5, negative_until=0.5)
+    assert "negative_from" in STAGE_FIELDS["keyframes"]  # keyed (test_keys.py)
+
+
 def test_feature_injection_gives_the_key_frames_the_reference_features_for_its_share_of_the_steps(sd):
     embeds = embed(sd, ["a cat", "a dog", "a bird"])
     caption, edited = embeds[:1], embeds[1:]  # two key frames

@@ -79,6 +79,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             inbetween=args.inbetween,
             negative=args.negative,
             negative_until=args.negative_until,
+            negative_from=args.negative_from,
             edit_from=args.edit_from,
             inject_features=args.inject_features,
             inject_layers=tuple(args.inject_layers) if args.inject_layers else None,

@@ -274,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the empty negative for this fraction of the steps, the caption after, (0, 1]",
     )
     edit.add_argument(
+        "--negative-from",
+        type=float,
+        metavar="F",
+        help="the empty negative from this fraction of the steps on, [0, 1) (with --negative-until: on "
+        "[F, until)), the caption before: the caption's pull away from the source early, plain CFG "
+        "towards the edit late, so an edit stops at its target (0: from the start)",
+    )
+    edit.add_argument(
         "--edit-from",
         type=float,
         metavar="F",

@@ -45,6 +45,7 @@ MANIFEST_COLUMNS: dict[str, pa.DataType] = {
     "inbetween": pa.string(),  # embedding | latent
     "negative": pa.string(),  # caption | empty
     "negative_until": pa.float64(),  # "empty" negative for this fraction of the steps, (0, 1]
+    "negative_from": pa.float64(),  # ... and from this fraction on, [0, 1): "empty" on [from, until)
     "edit_from": pa.float64(),  # key frames follow the unedited source frame for this fraction, [0, 1)
     "inject_features": pa.float64(),  # key frames take the source frame's features for this fraction, [0, 1]
     "inject_layers": pa.list_(pa.string()),  # the UNet ResNet blocks inject_features replaces
@@ -54,7 +55,15 @@ MANIFEST_SCHEMA = pa.schema([pa.field(name, kind) for name, kind in MANIFEST_COL
 REQUIRED_COLUMNS = ("video_id", "prompts")
 SOURCE_COLUMNS = ("image", "source_prompt")  # a manifest needs at least one; a row exactly one
 INT_COLUMNS = ("keyframes", "frames", "fps", "seed", "steps", "batch_size", "candidates")
-FLOAT_COLUMNS = ("xa_guidance", "cfg_scale", "xa_until", "negative_until", "edit_from", "inject_features")
+FLOAT_COLUMNS = (
+    "xa_guidance",
+    "cfg_scale",
+    "xa_until",
+    "negative_until",
+    "negative_from",
+    "edit_from",
+    "inject_features",
+)
 LIST_COLUMNS = ("prompts", "direction_templates", "inject_layers")  # lists of strings
 WORD_COLUMNS = (
     "curve",

@@ -138,6 +138,7 @@ def guided_keyframes(
     guidance_schedule: XaSchedule = "constant",
     keyframe_negative_embeds: torch.Tensor | None = None,
     negative_until: float = 1.0,
+    negative_from: float = 0.0,
     edit_from: float = 0.0,
     inject_features: float = 0.0,
     inject_layers: tuple[str, ...] = (),
@@ -150,13 +151,13 @@ def guided_keyframes(
     Guidance runs for the first `guidance_until` of the steps (see `guidance_at`). With
     `keyframe_negative_embeds` (1, T, D) the key frames' CFG takes it as the negative, while the reference
     pass follows its conditional prediction alone (what a negative equal to the caption gives) and
-    records its uncond maps under that negative, for the key frames' uncond copies to match; for the
-    first `negative_until` of the steps only, `negative_embeds` after. With `edit_from` > 0 the key frames
-    follow the reference for the first `edit_from` of the steps (the layout they share is settled there)
-    and branch from its latent, to their edited embeddings, after. For the first `inject_features` of the
-    steps the key frames take the reference pass's output of each of `inject_layers` in place of their own
-    (Plug-and-Play's feature injection), or only their layout with `inject_mode` "layout" (see
-    attention.FeatureInjection).
+    records its uncond maps under that negative, for the key frames' uncond copies to match; on the steps
+    from `negative_from` to `negative_until` only, `negative_embeds` outside them. With `edit_from` > 0
+    the key frames follow the reference for the first `edit_from` of the steps (the layout they share is
+    settled there) and branch from its latent, to their edited embeddings, after. For the first
+    `inject_features` of the steps the key frames take the reference pass's output of each of
+    `inject_layers` in place of their own (Plug-and-Play's feature injection), or only their layout with
+    `inject_mode` "layout" (see attention.FeatureInjection).
     Returns (source latent (1, C, h, w), key-frame latents (F, C, h, w)), both fp32.
     """
     # 1. prepare timesteps and the per-chunk state
@@ -165,6 +166,7 @@ def guided_keyframes(
     copies = 2 if uses_cfg(cfg_scale) else 1
     own_negative = keyframe_negative_embeds is not None  # the key frames' own: see the docstring
     own_steps = math.ceil(negative_until * steps - 1e-9) if own_negative else 0
+    own_from = math.ceil(negative_from * steps - 1e-9)  # the first step with the key frames' own negative
     chunks = list(keyframe_embeds.split(batch_size))
     if isinstance(xa_guidance, torch.Tensor):
         guidance = list(xa_guidance.split(batch_size))
@@ -177,7 +179,7 @@ def guided_keyframes(
     # 2. denoising loop: reference pass, then a guided step for each chunk of key frames
     with attention_store(unet, cross_frame, inject_layers if injected else (), inject_mode) as store:
         for i, t in enumerate(scheduler.timesteps):
-            negative = keyframe_negative_embeds if i < own_steps else negative_embeds
+            negative = keyframe_negative_embeds if own_from <= i < own_steps else negative_embeds
             reference_embeds = torch.cat([negative, caption_embeds][-copies:]).to(unet.dtype)
             # maps are recorded only on the steps the key frames take on their own (`edit_from`)
             store.mode, store.keyframes = ("record" if i >= shared else "off"), False

@@ -79,6 +79,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "inbetween",
         "negative",
         "negative_until",
+        "negative_from",
         "edit_from",
         "inject_features",
         "inject_layers",
@@ -138,6 +139,11 @@ class MethodParams:
     # model's ("caption"). Synthetic mode always uses the empty prompt.
     negative: Negative | None = None
     negative_until: float | None = None  # "empty" for the first fraction of the steps, the caption after
+    # ... and from this fraction of the steps on: "empty" on [negative_from, negative_until), the caption
+    # outside; None: the model's (0). 0.8 with negative_until 1: the caption's extrapolation away from the
+    # source for the first 80% of the steps, plain CFG towards the edit after, so the edit stops at its
+    # target instead of running past it
+    negative_from: float | None = None
     # the key frames follow the reference pass (the caption, unedited) for this fraction of the steps and
     # branch from its latent after; None: the model's (0: they branch from x_T, as pix2pix-zero)
     edit_from: float | None = None
@@ -200,6 +206,13 @@ class MethodParams:
             raise ValueError(f"negative must be 'caption' or 'empty', got {self.negative!r}")
         if self.negative_until is not None and not 0 < self.negative_until <= 1:
             raise ValueError(f"negative_until must be in (0, 1], got {self.negative_until}")
+        if self.negative_from is not None and not 0 <= self.negative_from < 1:
+            raise ValueError(f"negative_from must be in [0, 1), got {self.negative_from}")
+        if self.negative_from is not None and self.empty_negative_until <= self.negative_from:
+            raise ValueError(
+                f"negative_from ({self.negative_from}) must be below negative_until "
+                f"({self.empty_negative_until})"
+            )
         if self.edit_from is not None and not 0 <= self.edit_from < 1:
             raise ValueError(f"edit_from must be in [0, 1), got {self.edit_from}")
         if self.inject_features is not None and not 0 <= self.inject_features <= 1:
@@ -284,6 +297,7 @@ class MethodParams:
             "guidance_until": self.guidance_until,
             "guidance_schedule": self.guidance_schedule,
             "negative_until": self.empty_negative_until,
+            "negative_from": self.empty_negative_from,
             "edit_from": self.edit_from_share,
             "inject_features": self.injection_share,
             "inject_layers": self.injection_layers,
@@ -302,6 +316,10 @@ class MethodParams:
     def empty_negative_until(self) -> float:
         return 1.0 if self.negative_until is None else self.negative_until
 
+    @property
+    def empty_negative_from(self) -> float:
+        return 0.0 if self.negative_from is None else self.negative_from
+
     def keyframe_options(self) -> dict:
         """The key-frame options that differ from the method's defaults (for reports; cache keys hash every
         field a stage reads, see `stage_fields`)."""
@@ -317,6 +335,8 @@ class MethodParams:
         changed = {name: value for name, (value, default) in options.items() if value != default}
         if self.negative_prompt == "empty" and self.empty_negative_until != 1.0:
             changed["negative_until"] = self.empty_negative_until
+        if self.negative_prompt == "empty" and self.empty_negative_from != 0.0:
+            changed["negative_from"] = self.empty_negative_from
         if self.edit_direction == "sentences":
             changed["direction_templates"] = list(self.templates)
         if self.injection_share:
@@ -344,6 +364,7 @@ class MethodParams:
             ("inbetween", self.inbetween, "inbetween"),
             ("negative", self.negative, "negative"),
             ("negative_until", self.negative_until, "negative_until"),
+            ("negative_from", self.negative_from, "negative_from"),
             ("edit_from", self.edit_from, "edit_from"),
             ("inject_features", self.inject_features, f"inject_features_{mode}"),
             ("inject_layers", self.inject_layers, "inject_layers"),
@@ -395,6 +416,7 @@ class ModelDefaults:
     inbetween: str = "embedding"
     negative: str = "caption"
     negative_until: float = 1.0
+    negative_from: float = 0.0
     edit_from: float = 0.0
     inject_features_real: float = 0.0  # feature injection's share of the steps, per mode as the guidance
     inject_features_synthetic: float = 0.0
@@ -451,6 +473,7 @@ class ModelDefaults:
                 inbetween=defaults.inbetween,
                 negative=defaults.negative,
                 negative_until=defaults.negative_until,
+                negative_from=defaults.negative_from,
                 edit_from=defaults.edit_from,
                 inject_features=defaults.inject_features_real,
                 inject_layers=defaults.inject_layers,
