@@ -234,6 +234,34 @@ def test_the_issues_schedule_lands_each_segment_on_its_colour(toy_sd):
     assert score.mean_iou >= 0.8 and not score.hollow, score  # measured 0.97
 
 
+def test_the_readmes_real_mode_example_ends_on_its_colour(tmp_path):
+    """The README's real-mode toy example, as a user runs it: a red circle on a 300 x 200 black image,
+    "a big red circle" -> "a big blue circle", the model's defaults. Issue 30 reported this edit ending
+    cyan (192); measured now 348 318 293 273 256 243, last IoU 0.94."""
+    import PIL.Image
+    import PIL.ImageDraw
+
+    from stillmotion.cli import main
+    from stillmotion.toyworld.world import hue_apart
+
+    image = PIL.Image.new("RGB", (300, 200))
+    PIL.ImageDraw.Draw(image).ellipse((90, 40, 210, 160), fill=(255, 0, 0))
+    image.save(tmp_path / "red-circle.png")
+    out = tmp_path / "toy-real"
+    args = ["generate", "--model", str(TOY_MODEL), "--image", str(tmp_path / "red-circle.png")]
+    assert (
+        main([*args, "--caption", "a big red circle", "--prompt", "a big blue circle", "--out", str(out)])
+        == 0
+    )
+    source = judge(np.asarray(PIL.Image.open(out / "source.png").convert("RGB")))
+    keys = [
+        judge(np.asarray(PIL.Image.open(p).convert("RGB"))) for p in sorted((out / "keyframes").glob("*.png"))
+    ]
+    assert hue_apart(source.hue, COLOURS["red"]) <= 10  # the video starts on the user's red
+    assert hue_apart(keys[-1].hue, COLOURS["blue"]) <= 30, [k.hue for k in keys]  # and ends blue
+    assert keys[-1].shape == "circle" and mask_iou(keys[-1].mask, source.mask) >= 0.8
+
+
 def test_unseen_sources_are_judged_right_and_vary_what_training_fixed():
     sources = unseen_sources(24)
     verdicts = [judge(s.image) for s in sources]
