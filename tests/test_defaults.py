@@ -217,3 +217,24 @@ def test_feature_injection_travels_with_the_model_and_a_bad_layer_is_named(
     (own_defaults_model / "stillmotion.json").write_text(json.dumps(defaults))
     with pytest.raises(ValueError, match="inject_mode must be 'replace' or 'layout'"):
         ModelDefaults.of_folder(own_defaults_model)
+
+
+def test_a_given_bound_of_the_empty_negatives_window_takes_the_methods_other_bound(
+    own_defaults_model, tmp_path
+):
+    defaults = json.loads((own_defaults_model / "stillmotion.json").read_text())
+    defaults["method_defaults"].update(negative="empty", negative_from=0.8)
+    (own_defaults_model / "stillmotion.json").write_text(json.dumps(defaults))
+    own = ModelDefaults.of_folder(own_defaults_model)
+    model, sources = MethodParams().resolve(own, synthetic=False)
+    assert (model.negative_from, model.negative_until, sources["negative_from"]) == (0.8, 1.0, "model")
+    # until 0.5 given: from the method's 0, not the model's 0.8 (no window at all, and no error)
+    given, sources = MethodParams(negative_until=0.5).resolve(own, synthetic=False)
+    assert (given.negative_from, given.negative_until) == (0.0, 0.5) and "negative_from" not in sources
+    assert MethodParams(negative_from=0.5).resolve(own, synthetic=False)[0].negative_until == 1.0
+    out = tmp_path / "video"
+    args = ["generate", "--source-prompt", "a red car", "--prompt", "a blue car", "--out", str(out)]
+    fast = ["--keyframes", "2", "--frames", "2", "--steps", "3", "--model", str(own_defaults_model)]
+    assert main([*args, *fast, "--negative-until", "0.5"]) == 0
+    params = json.loads((out / "metadata.json").read_text())["params"]
+    assert (params["negative_from"], params["negative_until"]) == (0.0, 0.5)

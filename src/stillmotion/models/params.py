@@ -374,6 +374,13 @@ class MethodParams:
             source = "given" if given is not None else defaults.source_of(default)
             if name in ("cfg_scale", "xa_guidance", "cross_frame") or source != "default":
                 sources[name] = source  # the edit options appear only when not left at the method's
+        if self.negative_from is not None or self.negative_until is not None:
+            # the empty negative's window is given as a whole: a bound not given is the method's, not the
+            # model's (a model's 0.8 to 1 and a given until 0.5 would be no window at all)
+            for name in ("negative_from", "negative_until"):
+                if getattr(self, name) is None:
+                    values[name] = getattr(ModelDefaults, name)
+                    sources.pop(name, None)
         values["frames"] = self.frames_per_segment
         return dataclasses.replace(self, **values), sources
 
