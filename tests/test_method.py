@@ -65,6 +65,23 @@ def test_batched_keyframes_equal_keyframes_one_at_a_time(sd):
     assert (batched[0] - batched[3]).abs().max() > 1e-3  # different edits give different frames
 
 
+def cfg_noise(sd, latent, t, negative, edited, scale=5.0):
+    """One CFG noise prediction of `latent` towards `edited` against `negative`, as the key frames take it."""
+    both = sd.unet(torch.cat([latent] * 2), t, encoder_hidden_states=torch.cat([negative, edited]))
+    return classifier_free_guidance(both.sample, scale)
+
+
+@torch.no_grad()
+def denoise_by_hand(sd, x_t, steps, noise):
+    """DDIM from x_t, step i's noise prediction `noise(i, latent, t)`: the reference loop, written out."""
+    scheduler = DDIMScheduler.from_config(sd.scheduler_config)
+    scheduler.set_timesteps(steps)
+    latent = x_t.clone()
+    for i, t in enumerate(scheduler.timesteps):
+        latent = scheduler.step(noise(i, latent, t), t, latent).prev_sample
+    return latent
+
+
 def test_edit_from_branches_the_key_frames_from_the_reference_after_its_share_of_the_steps(sd):
     embeds = embed(sd, ["a cat", "a dog"])
     caption, edited = embeds[:1], embeds[1:]
@@ -74,20 +91,15 @@ def test_edit_from_branches_the_key_frames_from_the_reference_after_its_share_of
         sd.unet, sd.scheduler_config, x_t, caption, caption, edited, edit_from=0.5, **common
     )
     _, early = guided_keyframes(sd.unet, sd.scheduler_config, x_t, caption, caption, edited, **common)
+
     # by hand: two steps of the caption alone (the reference: its negative is the caption, so CFG is its
     # conditional prediction), then two CFG steps of the edit from where the reference got to
-    scheduler = DDIMScheduler.from_config(sd.scheduler_config)
-    scheduler.set_timesteps(4)
-    latent = x_t.clone()
-    with torch.no_grad():
-        for i, t in enumerate(scheduler.timesteps):
-            if i < 2:
-                noise = sd.unet(latent, t, encoder_hidden_states=caption).sample
-            else:
-                both = sd.unet(torch.cat([latent] * 2), t, encoder_hidden_states=torch.cat([caption, edited]))
-                noise = classifier_free_guidance(both.sample, 5.0)
-            latent = scheduler.step(noise, t, latent).prev_sample
-    torch.testing.assert_close(late, latent, atol=1e-4, rtol=0)
+    def noise(i, latent, t):
+        if i < 2:
+            return sd.unet(latent, t, encoder_hidden_states=caption).sample
+        return cfg_noise(sd, latent, t, caption, edited)
+
+    torch.testing.assert_close(late, denoise_by_hand(sd, x_t, 4, noise), atol=1e-4, rtol=0)
     assert (late - early).abs().max() > 1e-3  # branching from x_T is another video
     assert (late - source).abs().max() > 1e-3  # and the edit still happens
     with pytest.raises(ValueError, match="edit_from"):
@@ -104,16 +116,12 @@ def test_negative_from_gives_the_key_frames_the_empty_negative_only_from_its_sha
         sd.unet, sd.scheduler_config, x_t, caption, caption, edited, negative_from=0.5, **common
     )
     _, throughout = guided_keyframes(sd.unet, sd.scheduler_config, x_t, caption, caption, edited, **common)
+
     # by hand: two CFG steps against the caption (pix2pix-zero's), then two against the empty prompt
-    scheduler = DDIMScheduler.from_config(sd.scheduler_config)
-    scheduler.set_timesteps(4)
-    latent = x_t.clone()
-    with torch.no_grad():
-        for i, t in enumerate(scheduler.timesteps):
-            negative = caption if i < 2 else empty
-            both = sd.unet(torch.cat([latent] * 2), t, encoder_hidden_states=torch.cat([negative, edited]))
-            latent = scheduler.step(classifier_free_guidance(both.sample, 5.0), t, latent).prev_sample
-    torch.testing.assert_close(late, latent, atol=1e-4, rtol=0)
+    def noise(i, latent, t):
+        return cfg_noise(sd, latent, t, caption if i < 2 else empty, edited)
+
+    torch.testing.assert_close(late, denoise_by_hand(sd, x_t, 4, noise), atol=1e-4, rtol=0)
     assert (late - throughout).abs().max() > 1e-3  # the empty negative on every step is another video
     with pytest.raises(ValueError, match="negative_from"):
         MethodParams(negative_from=0.5, negative_until=0.5)
