@@ -138,13 +138,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--negative",
-        choices=["caption", "empty"],
+        choices=["caption", "empty", "neutral"],
         help="real mode's CFG negative for the key frames (default: the model's)",
     )
     parser.add_argument(
-        "--negative-until", type=float, help="--negative empty for the first fraction of steps only"
+        "--negative-until", type=float, help="--negative empty/neutral for the first fraction of steps only"
     )
-    parser.add_argument("--negative-from", type=float, help="--negative empty from this fraction of steps on")
+    parser.add_argument(
+        "--negative-from", type=float, help="--negative empty/neutral from this fraction of steps on"
+    )
     parser.add_argument(
         "--edit-from", type=float, help="key frames follow the reference for this fraction of the steps"
     )

@@ -102,7 +102,7 @@ BAD_ROWS = {
     "inject_features 2": ({"inject_features": 2.0}, "inject_features", "[0, 1]"),
     "bad xa_schedule": ({"xa_schedule": "cosine"}, "xa_schedule", "'constant' or 'linear'"),
     "bad inbetween": ({"inbetween": "pixels"}, "inbetween", "'embedding' or 'latent'"),
-    "bad negative": ({"negative": "none"}, "negative", "'caption' or 'empty'"),
+    "bad negative": ({"negative": "none"}, "negative", "'caption', 'empty' or 'neutral'"),
     "negative_until 2": ({"negative_until": 2.0}, "negative_until", "(0, 1]"),
     "negative_from 1": ({"negative_from": 1.0}, "negative_from", "[0, 1)"),
     "negative_from past until": ({"negative_from": 0.5, "negative_until": 0.5}, "negative_from", "below"),

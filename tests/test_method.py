@@ -1,5 +1,6 @@
 """The method's invariants on the tiny model: batching, guidance, seeds, schedules, the spline."""
 
+import dataclasses
 import math
 
 import pytest
@@ -14,7 +15,7 @@ from stillmotion.models.keyframes import (
     guided_keyframes,
     guided_step,
 )
-from stillmotion.models.method import render_keyframes, synthetic_noise
+from stillmotion.models.method import keyframe_negative, neutral_caption, render_keyframes, synthetic_noise
 from stillmotion.models.params import STAGE_FIELDS
 from stillmotion.models.text import encode_text
 
@@ -126,6 +127,41 @@ def test_negative_from_gives_the_key_frames_the_empty_negative_only_from_its_sha
     with pytest.raises(ValueError, match="negative_from"):
         MethodParams(negative_from=0.5, negative_until=0.5)
     assert "negative_from" in STAGE_FIELDS["keyframes"]  # keyed (test_keys.py)
+
+
+def test_the_neutral_negative_is_the_caption_less_the_words_the_prompts_change(sd):
+    schedule = ["a big blue circle", "a big green circle"]
+    assert neutral_caption("a big red circle", schedule) == "a big circle"
+    assert neutral_caption("a red circle", ["a blue square"]) == "a"  # one run of two words
+    assert neutral_caption("a big red circle", ["a small blue circle"]) == "a circle"  # two runs
+    assert neutral_caption("a circle", ["a red circle"]) == "a circle"  # an insertion changes no word
+    assert neutral_caption("a cat", ["two dogs"]) == ""
+
+    caption, prompts = "a red car", ["a blue car"]
+
+    def negative(name, synthetic=False):
+        return keyframe_negative(sd, MethodParams(negative=name), synthetic, caption, prompts)
+
+    torch.testing.assert_close(negative("neutral"), embed(sd, ["a car"]), atol=0, rtol=0)
+    torch.testing.assert_close(negative("empty"), embed(sd, [""]), atol=0, rtol=0)
+    assert negative("caption") is None and negative("neutral", synthetic=True) is None
+
+    # render_keyframes gives it to the key frames on the window: the loop by hand with E("a car") there
+    params = MethodParams(keyframes=1, steps=4, cfg_scale=5.0, xa_guidance=0.0, negative="neutral")
+    params = dataclasses.replace(params, negative_from=0.5)
+    x_t = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(5))
+    rendered = render_keyframes(sd, x_t, caption, prompts, params, synthetic=False)
+    embeds = embed(sd, [caption, prompts[0], "a car"])
+
+    def noise(i, latent, t):
+        return cfg_noise(sd, latent, t, embeds[:1] if i < 2 else embeds[2:], embeds[1:2])
+
+    by_hand = denoise_by_hand(sd, x_t, 4, noise)
+    torch.testing.assert_close(rendered.keyframe_latents, by_hand, atol=1e-4, rtol=0)
+    empty = render_keyframes(sd, x_t, caption, prompts, dataclasses.replace(params, negative="empty"), False)
+    assert (empty.keyframe_latents - by_hand).abs().max() > 1e-3  # the empty prompt is another video
+    with pytest.raises(ValueError, match="'neutral'"):
+        MethodParams(negative="none")
 
 
 def test_feature_injection_gives_the_key_frames_the_reference_features_for_its_share_of_the_steps(sd):

@@ -264,22 +264,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edit.add_argument(
         "--negative",
-        choices=["caption", "empty"],
-        help="real mode's CFG negative for the key frames: the caption (pix2pix-zero) or the empty prompt",
+        choices=["caption", "empty", "neutral"],
+        help="real mode's CFG negative for the key frames: the caption (pix2pix-zero), the empty prompt, "
+        "or neutral: the caption less the words the prompts change ('a big circle' for 'a big red circle' "
+        "-> 'a big blue circle'), so CFG pushes towards the new words alone",
     )
     edit.add_argument(
         "--negative-until",
         type=_fraction("--negative-until"),
         metavar="F",
-        help="the empty negative for this fraction of the steps, the caption after, (0, 1]",
+        help="--negative empty or neutral for this fraction of the steps, the caption after, (0, 1]",
     )
     edit.add_argument(
         "--negative-from",
         type=float,
         metavar="F",
-        help="the empty negative from this fraction of the steps on, [0, 1) (with --negative-until: on "
-        "[F, until)), the caption before: the caption's pull away from the source early, plain CFG "
-        "towards the edit late, so an edit stops at its target (0: from the start)",
+        help="--negative empty or neutral from this fraction of the steps on, [0, 1) (with "
+        "--negative-until: on [F, until)), the caption before: the caption's pull away from the source "
+        "early, CFG towards the edit late, so an edit stops at its target (0: from the start)",
     )
     edit.add_argument(
         "--edit-from",

@@ -43,9 +43,9 @@ MANIFEST_COLUMNS: dict[str, pa.DataType] = {
     "xa_until": pa.float64(),  # guidance on for this fraction of the steps, (0, 1]
     "xa_schedule": pa.string(),  # constant | linear
     "inbetween": pa.string(),  # embedding | latent
-    "negative": pa.string(),  # caption | empty
-    "negative_until": pa.float64(),  # "empty" negative for this fraction of the steps, (0, 1]
-    "negative_from": pa.float64(),  # ... and from this fraction on, [0, 1): "empty" on [from, until)
+    "negative": pa.string(),  # caption | empty | neutral
+    "negative_until": pa.float64(),  # that negative (not "caption") for this fraction of the steps, (0, 1]
+    "negative_from": pa.float64(),  # ... and from this fraction on, [0, 1): on [from, until)
     "edit_from": pa.float64(),  # key frames follow the unedited source frame for this fraction, [0, 1)
     "inject_features": pa.float64(),  # key frames take the source frame's features for this fraction, [0, 1]
     "inject_layers": pa.list_(pa.string()),  # the UNet ResNet blocks inject_features replaces

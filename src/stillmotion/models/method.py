@@ -101,7 +101,7 @@ def render_keyframes(
         xa_guidance=xa_guidance,
         batch_size=params.batch_size,
         callback=callback,
-        keyframe_negative_embeds=keyframe_negative(sd, params, synthetic),
+        keyframe_negative_embeds=keyframe_negative(sd, params, synthetic, caption, prompts),
         **params.loop_options(),
     )
     cut = sorted({text for text, was_cut in zip(texts, truncated, strict=True) if was_cut})
@@ -109,23 +109,45 @@ def render_keyframes(
     return Rendered(source, torch.cat([inbetween_latents(source, c, params) for c in candidates]), cut)
 
 
-def keyframe_negative(sd: StableDiffusion, params: MethodParams, synthetic: bool) -> torch.Tensor | None:
-    """The key frames' own CFG negative, E(""), where real mode asks for the empty prompt; None: the
-    reference's negative (the caption in real mode, "" in synthetic mode)."""
+def keyframe_negative(
+    sd: StableDiffusion, params: MethodParams, synthetic: bool, caption: str, prompts: Sequence[str]
+) -> torch.Tensor | None:
+    """The key frames' own CFG negative where real mode asks for one: E("") ("empty"), or E(the caption
+    less the words the prompts change) ("neutral", see `neutral_caption`); None: the reference's negative
+    (the caption in real mode, "" in synthetic mode)."""
     if synthetic or params.negative_prompt == "caption":
         return None
-    return encode_text(sd.tokenizer, sd.text_encoder, [""])[0]
+    text = "" if params.negative_prompt == "empty" else neutral_caption(caption, prompts)
+    return encode_text(sd.tokenizer, sd.text_encoder, [text])[0]
+
+
+def _changed_runs(old: list[str], new: list[str]) -> list[tuple[int, int, int, int]]:
+    """The runs of words `new` changes in `old`, as (i1, i2, j1, j2): old[i1:i2] became new[j1:j2]."""
+    matcher = difflib.SequenceMatcher(a=old, b=new)
+    return [tuple(op[1:]) for op in matcher.get_opcodes() if op[0] != "equal"]
 
 
 def word_change(caption: str, prompt: str) -> tuple[str, str] | None:
     """The one run of words the prompt changes in the caption, ("red", "blue") for "a big red circle" ->
     "a big blue circle"; None when they differ in more than one place, or not at all."""
     old, new = caption.split(), prompt.split()
-    changes = [op for op in difflib.SequenceMatcher(a=old, b=new).get_opcodes() if op[0] != "equal"]
+    changes = _changed_runs(old, new)
     if len(changes) != 1:
         return None
-    _, i1, i2, j1, j2 = changes[0]
+    i1, i2, j1, j2 = changes[0]
     return " ".join(old[i1:i2]), " ".join(new[j1:j2])
+
+
+def neutral_caption(caption: str, prompts: Sequence[str]) -> str:
+    """The caption less every word some prompt changes or drops: "a big circle" for "a big red circle" ->
+    "a big blue circle" -> "a big green circle". As CFG's negative it leaves what the edit keeps out of
+    the push, which then runs towards the new words alone: not away from the old ones (the caption as
+    negative, on past the target) nor towards the whole prompt (the empty prompt, which redraws what the
+    edit keeps too). The empty string when every word changes."""
+    words = caption.split()
+    runs = [run for prompt in prompts for run in _changed_runs(words, prompt.split())]
+    changed = {i for i1, i2, _, _ in runs for i in range(i1, i2)}
+    return " ".join(word for i, word in enumerate(words) if i not in changed)
 
 
 def edit_notes(tokenizer, caption: str, prompts: Sequence[str]) -> list[str]:

@@ -27,7 +27,7 @@ INSERTIONS = ("spline", "adaptive", "motion")
 Direction = Literal["prompt", "sentences"]
 Inbetween = Literal["embedding", "latent"]
 XaSchedule = Literal["constant", "linear"]
-Negative = Literal["caption", "empty"]
+Negative = Literal["caption", "empty", "neutral"]
 InjectMode = Literal["replace", "layout"]
 # the sentences a "sentences" edit direction substitutes the changed word into, when neither the user nor
 # the model folder gives its own (pix2pix-zero averages ~1,000 generated sentences per word; these are
@@ -134,14 +134,17 @@ class MethodParams:
     # alone is denoised ("latent"); None: the model's ("embedding")
     inbetween: Inbetween | None = None
     # real mode's CFG negative for the key frames: the caption (pix2pix-zero: CFG then extrapolates along
-    # the edit direction, eps_c + s (eps_edit - eps_c)) or the empty prompt (plain CFG towards the edited
-    # embedding); the reference pass stays the caption's conditional prediction either way. None: the
-    # model's ("caption"). Synthetic mode always uses the empty prompt.
+    # the edit direction, eps_c + s (eps_edit - eps_c)), the empty prompt (plain CFG towards the edited
+    # embedding) or "neutral": the caption less the words the prompts change (CFG towards the new words
+    # alone, method.neutral_caption); the reference pass stays the caption's conditional prediction either
+    # way. None: the model's ("caption"). Synthetic mode always uses the empty prompt.
     negative: Negative | None = None
-    negative_until: float | None = None  # "empty" for the first fraction of the steps, the caption after
-    # ... and from this fraction of the steps on: "empty" on [negative_from, negative_until), the caption
-    # outside; None: the model's (0). 0.8 with negative_until 1: the caption's extrapolation away from the
-    # source for the first 80% of the steps, plain CFG towards the edit after, so the edit stops at its
+    negative_until: float | None = (
+        None  # "empty"/"neutral" for the first fraction of the steps, the caption after
+    )
+    # ... and from this fraction of the steps on: that negative on [negative_from, negative_until), the
+    # caption outside; None: the model's (0). 0.8 with negative_until 1: the caption's extrapolation away
+    # from the source for the first 80% of the steps, CFG towards the edit after, so the edit stops at its
     # target instead of running past it
     negative_from: float | None = None
     # the key frames follow the reference pass (the caption, unedited) for this fraction of the steps and
@@ -202,8 +205,8 @@ class MethodParams:
             raise ValueError(f"xa_until must be in (0, 1], got {self.xa_until}")
         if self.xa_schedule not in (None, "constant", "linear"):
             raise ValueError(f"xa_schedule must be 'constant' or 'linear', got {self.xa_schedule!r}")
-        if self.negative not in (None, "caption", "empty"):
-            raise ValueError(f"negative must be 'caption' or 'empty', got {self.negative!r}")
+        if self.negative not in (None, "caption", "empty", "neutral"):
+            raise ValueError(f"negative must be 'caption', 'empty' or 'neutral', got {self.negative!r}")
         if self.negative_until is not None and not 0 < self.negative_until <= 1:
             raise ValueError(f"negative_until must be in (0, 1], got {self.negative_until}")
         if self.negative_from is not None and not 0 <= self.negative_from < 1:
@@ -333,9 +336,9 @@ class MethodParams:
             "inject_features": (self.injection_share, 0.0),
         }
         changed = {name: value for name, (value, default) in options.items() if value != default}
-        if self.negative_prompt == "empty" and self.empty_negative_until != 1.0:
+        if self.negative_prompt != "caption" and self.empty_negative_until != 1.0:
             changed["negative_until"] = self.empty_negative_until
-        if self.negative_prompt == "empty" and self.empty_negative_from != 0.0:
+        if self.negative_prompt != "caption" and self.empty_negative_from != 0.0:
             changed["negative_from"] = self.empty_negative_from
         if self.edit_direction == "sentences":
             changed["direction_templates"] = list(self.templates)

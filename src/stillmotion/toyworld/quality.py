@@ -220,7 +220,7 @@ def score_source(
                 params.cfg,
                 weight,
                 batch_size=params.batch_size,
-                keyframe_negative_embeds=keyframe_negative(sd, params, synthetic=False),
+                keyframe_negative_embeds=keyframe_negative(sd, params, False, source.caption, prompts),
                 **params.loop_options(),
             )
             segments = [
