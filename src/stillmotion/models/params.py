@@ -139,9 +139,8 @@ class MethodParams:
     # alone, method.neutral_caption); the reference pass stays the caption's conditional prediction either
     # way. None: the model's ("caption"). Synthetic mode always uses the empty prompt.
     negative: Negative | None = None
-    negative_until: float | None = (
-        None  # "empty"/"neutral" for the first fraction of the steps, the caption after
-    )
+    # "empty" or "neutral" for the first fraction of the steps, the caption after
+    negative_until: float | None = None
     # ... and from this fraction of the steps on: that negative on [negative_from, negative_until), the
     # caption outside; None: the model's (0). 0.8 with negative_until 1: the caption's extrapolation away
     # from the source for the first 80% of the steps, CFG towards the edit after, so the edit stops at its
