@@ -147,8 +147,9 @@ def test_the_neutral_negative_is_the_caption_less_the_words_the_prompts_change(s
     assert negative("caption") is None and negative("neutral", synthetic=True) is None
 
     # render_keyframes gives it to the key frames on the window: the loop by hand with E("a car") there
-    params = MethodParams(keyframes=1, steps=4, cfg_scale=5.0, xa_guidance=0.0, negative="neutral")
-    params = dataclasses.replace(params, negative_from=0.5)
+    params = MethodParams(
+        keyframes=1, steps=4, cfg_scale=5.0, xa_guidance=0.0, negative="neutral", negative_from=0.5
+    )
     x_t = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(5))
     rendered = render_keyframes(sd, x_t, caption, prompts, params, synthetic=False)
     embeds = embed(sd, [caption, prompts[0], "a car"])
