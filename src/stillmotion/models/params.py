@@ -210,10 +210,10 @@ class MethodParams:
             raise ValueError(f"negative_until must be in (0, 1], got {self.negative_until}")
         if self.negative_from is not None and not 0 <= self.negative_from < 1:
             raise ValueError(f"negative_from must be in [0, 1), got {self.negative_from}")
-        if self.negative_from is not None and self.empty_negative_until <= self.negative_from:
+        if self.negative_from is not None and self.own_negative_until <= self.negative_from:
             raise ValueError(
                 f"negative_from ({self.negative_from}) must be below negative_until "
-                f"({self.empty_negative_until})"
+                f"({self.own_negative_until})"
             )
         if self.edit_from is not None and not 0 <= self.edit_from < 1:
             raise ValueError(f"edit_from must be in [0, 1), got {self.edit_from}")
@@ -298,8 +298,8 @@ class MethodParams:
             "cross_frame": self.cross,
             "guidance_until": self.guidance_until,
             "guidance_schedule": self.guidance_schedule,
-            "negative_until": self.empty_negative_until,
-            "negative_from": self.empty_negative_from,
+            "negative_until": self.own_negative_until,
+            "negative_from": self.own_negative_from,
             "edit_from": self.edit_from_share,
             "inject_features": self.injection_share,
             "inject_layers": self.injection_layers,
@@ -315,11 +315,12 @@ class MethodParams:
         return self.negative or "caption"
 
     @property
-    def empty_negative_until(self) -> float:
+    def own_negative_until(self) -> float:
+        """The end of the window on which the key frames take their own negative ("empty", "neutral")."""
         return 1.0 if self.negative_until is None else self.negative_until
 
     @property
-    def empty_negative_from(self) -> float:
+    def own_negative_from(self) -> float:
         return 0.0 if self.negative_from is None else self.negative_from
 
     def keyframe_options(self) -> dict:
@@ -335,10 +336,10 @@ class MethodParams:
             "inject_features": (self.injection_share, 0.0),
         }
         changed = {name: value for name, (value, default) in options.items() if value != default}
-        if self.negative_prompt != "caption" and self.empty_negative_until != 1.0:
-            changed["negative_until"] = self.empty_negative_until
-        if self.negative_prompt != "caption" and self.empty_negative_from != 0.0:
-            changed["negative_from"] = self.empty_negative_from
+        if self.negative_prompt != "caption" and self.own_negative_until != 1.0:
+            changed["negative_until"] = self.own_negative_until
+        if self.negative_prompt != "caption" and self.own_negative_from != 0.0:
+            changed["negative_from"] = self.own_negative_from
         if self.edit_direction == "sentences":
             changed["direction_templates"] = list(self.templates)
         if self.injection_share:
