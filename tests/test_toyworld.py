@@ -83,6 +83,24 @@ def test_training_script_writes_a_loadable_sd_layout_model(tmp_path):
     assert sd.image_size == 32 and sd.vae_scale_factor == 4
     assert len(sd.tokenizer("a big red circle").input_ids) == 6
     assert (tmp_path / "toy" / "training.json").exists()
+    # trained on from that model (--unet-from): its weights are the start (not seed 1's new ones), so a
+    # step too small to move them gives them back; the recipe says where they came from
+    toy = tmp_path / "toy"
+    train_toy_model(
+        tmp_path / "on",
+        unet_steps=1,
+        seed=1,
+        images=64,
+        log=lambda _: None,
+        vae_from=toy,
+        unet_from=toy,
+        lr=1e-12,
+    )
+    on = load_stable_diffusion(str(tmp_path / "on"), device="cpu", dtype="fp32")
+    for name in ("unet", "text_encoder"):
+        pairs = zip(getattr(sd, name).parameters(), getattr(on, name).parameters(), strict=True)
+        assert all(torch.allclose(a, b, atol=1e-3) for a, b in pairs), name
+    assert json.loads((tmp_path / "on" / "training.json").read_text())["unet_from"] == str(toy)
 
 
 def test_every_colour_and_shape_is_drawn():
@@ -130,6 +148,19 @@ def test_the_named_hue_world_names_a_colour_only_near_its_own_hue():
     # a colour asked for is drawn, and named, near its own hue
     asked = [sample_truth(np.random.default_rng(i), colour="blue", hues="named") for i in range(20)]
     assert all(t.colour == "blue" and t.named and abs(t.hue - 230) <= NAMED_DEGREES for t in asked)
+
+
+def test_unsized_captions_leave_the_size_word_out_of_that_share_and_nothing_else():
+    images, truths = draw_batch(800, np.random.default_rng(5), hues="named", unsized=0.25)
+    sized = np.array([t.sized for t in truths])
+    assert 0.2 < 1 - sized.mean() < 0.3
+    for truth in truths:  # "a red square" and "a square" of either size; the size word otherwise
+        words = truth.caption.split()
+        assert ("big" in words or "small" in words) == truth.sized and words[-1] == truth.shape, truth
+    assert {t.big for t in truths if not t.sized} == {True, False}
+    # the picture is the truth's, whatever its caption says of it
+    assert all(np.array_equal(image, render(t)) for image, t in zip(images[:50], truths[:50], strict=True))
+    assert all(t.sized for t in draw_batch(200, np.random.default_rng(5), "named")[1])  # the default: 0
 
 
 # Quality floors of the committed toy-world model (models/toyworld; the full sweep is in

@@ -568,6 +568,9 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
         unet_minutes=args.max_minutes,
         hues=args.hues,
         vae_from=args.vae_from,
+        unsized=args.unsized,
+        unet_from=args.unet_from,
+        lr=args.lr,
     )
     return EXIT_OK
 

@@ -480,6 +480,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL_DIR",
         help="take this model folder's VAE as it is instead of training one (retrains the denoiser alone)",
     )
+    toy.add_argument(
+        "--unet-from",
+        metavar="MODEL_DIR",
+        help="train this model folder's UNet and text encoder on, instead of new ones (with --vae-from the "
+        "same folder: a longer training in two runs)",
+    )
+    toy.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=5e-4,
+        help="peak learning rate of the UNet + text encoder (5e-4)",
+    )
+    toy.add_argument(
+        "--unsized",
+        type=_fraction("--unsized", zero=True),
+        default=0.0,
+        metavar="SHARE",
+        help="share of training captions without a size word ('a red square' of any size), so a caption "
+        "without one is one the model knows (0: every caption names big or small)",
+    )
     toy.add_argument("--seed", type=_positive("--seed", 0), default=0)
 
     tiny = commands.add_parser(

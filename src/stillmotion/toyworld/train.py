@@ -109,13 +109,16 @@ def encode_all(vae, images: np.ndarray) -> torch.Tensor:
     )
 
 
-def train_denoiser(unet, text_encoder, tokenizer, latents, captions, steps, generator, log, minutes=None):
-    """Joint UNet + text encoder training on epsilon MSE; returns EMA copies of both."""
+def train_denoiser(
+    unet, text_encoder, tokenizer, latents, captions, steps, generator, log, minutes=None, lr=5e-4
+):
+    """Joint UNet + text encoder training on epsilon MSE, the learning rate decaying from `lr` to 0 on a
+    cosine; returns EMA copies of both."""
     from diffusers import DDPMScheduler
 
     noise_schedule = DDPMScheduler.from_config({**SD14_SCHEDULER, "_class_name": "DDPMScheduler"})
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=5e-4, weight_decay=1e-2)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     ema_unet, ema_text = (
         copy.deepcopy(unet).requires_grad_(False),
         copy.deepcopy(text_encoder).requires_grad_(False),
@@ -126,7 +129,7 @@ def train_denoiser(unet, text_encoder, tokenizer, latents, captions, steps, gene
     while step < steps and time.monotonic() < deadline:
         progress = step / steps  # cosine learning-rate decay over the step budget
         for group in optimizer.param_groups:
-            group["lr"] = 5e-4 * 0.5 * (1 + math.cos(math.pi * progress))
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * progress))
         index = torch.randint(len(latents), (128,), generator=generator)
         ids = tokens[index].clone()
         ids[torch.rand(128, generator=generator) < 0.1] = empty  # 10% unconditional
@@ -162,21 +165,39 @@ def train_toy_model(
     unet_minutes: float | None = None,
     hues: str = "full",
     vae_from: str | Path | None = None,
+    unsized: float = 0.0,
+    unet_from: str | Path | None = None,
+    lr: float = 5e-4,
 ) -> Path:
-    """Draw the data, train VAE then UNet + text encoder, save everything in the SD layout. `vae_from`: a
-    model folder whose VAE is taken as it is, instead of training one (the UNet's latents are encoded by it
-    from this run's images)."""
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTokenizer
+    """Draw the data, train VAE then UNet + text encoder, save everything in the SD layout.
 
+    `vae_from`: a model folder whose VAE is taken as it is, instead of training one (the UNet's latents are
+    encoded by it from this run's images). `unet_from`: a model folder whose UNet and text encoder this run
+    trains on from (a longer schedule in two runs, or the same model on other captions); `lr` is the peak of
+    the denoiser's learning rate. `unsized`: the share of captions without a size word (sample_truth)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    if not 0 <= unsized <= 1:
+        raise ValueError(f"unsized must be in [0, 1], not {unsized}")
     out = Path(out)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    pixels, truths = draw_batch(images, np.random.default_rng(seed), hues)
+    pixels, truths = draw_batch(images, np.random.default_rng(seed), hues, unsized)
     captions = [truth.caption for truth in truths]
     vocab_size = write_clip_tokenizer(out / "tokenizer", tuple(vocabulary()))
     tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
     vae, unet, text_encoder = build_models(vocab_size)
+    if unet_from is not None:
+        log(f"training on from the UNet and text encoder of {unet_from}")
+        unet = UNet2DConditionModel.from_pretrained(Path(unet_from) / "unet", torch_dtype=torch.float32)
+        text_encoder = CLIPTextModel.from_pretrained(
+            Path(unet_from) / "text_encoder", torch_dtype=torch.float32
+        )
+        if text_encoder.config.vocab_size != vocab_size:
+            raise ValueError(
+                f"{unet_from}'s text encoder knows {text_encoder.config.vocab_size} tokens, not {vocab_size}"
+            )
     started = time.monotonic()
     if vae_from is None:
         log(f"training the VAE for {vae_steps} steps on {images} images")
@@ -196,7 +217,7 @@ def train_toy_model(
     log(f"training UNet + text encoder for {unet_steps} steps (scaling factor {scale:.3f})")
     started = time.monotonic()
     unet, text_encoder, steps = train_denoiser(
-        unet, text_encoder, tokenizer, latents, captions, unet_steps, generator, log, unet_minutes
+        unet, text_encoder, tokenizer, latents, captions, unet_steps, generator, log, unet_minutes, lr
     )
     unet_seconds = time.monotonic() - started
     if steps < unet_steps:
@@ -208,7 +229,10 @@ def train_toy_model(
         "seed": seed,
         "images": images,
         "hues": hues,
+        "unsized": unsized,
         **({"vae_from": str(vae_from)} if vae_from is not None else {}),
+        **({"unet_from": str(unet_from)} if unet_from is not None else {}),
+        "lr": lr,
         "vae_steps": vae_done,
         "unet_steps": steps,
         "vae_steps_requested": vae_steps,

@@ -32,11 +32,13 @@ class Truth:
     center: tuple[float, float]  # (x, y), pixels
     big: bool
     named: bool = True  # the caption names the colour (hues="named" leaves it out between the colours)
+    sized: bool = True  # the caption names the size (train-toy --unsized leaves it out of some)
 
     @property
     def caption(self) -> str:
+        size = f"{'big' if self.big else 'small'} " if self.sized else ""
         colour = f"{self.colour} " if self.named else ""
-        return f"a {'big' if self.big else 'small'} {colour}{self.shape}"
+        return f"a {size}{colour}{self.shape}"
 
 
 def hue_to_rgb(hue: float, saturation: float = 1.0, value: float = 1.0) -> np.ndarray:
@@ -81,7 +83,11 @@ def colour_cell(colour: str) -> tuple[float, float]:
 
 
 def sample_truth(
-    rng: np.random.Generator, shape: str | None = None, colour: str | None = None, hues: str = "near"
+    rng: np.random.Generator,
+    shape: str | None = None,
+    colour: str | None = None,
+    hues: str = "near",
+    unsized: float = 0.0,
 ) -> Truth:
     """One random truth. `hues="near"`: the hue within 12 degrees of the named colour; `"full"`: uniform
     on the colour's whole cell of the hue circle (every hue nearer to it than to another named colour), so
@@ -90,7 +96,8 @@ def sample_truth(
     most of all (a "full" model's "blue" is anything from cyan to violet alike); `"named"`: half of the
     images within NAMED_DEGREES of the named colour, half uniform on the whole circle, and a caption names
     the colour only within NAMED_DEGREES of its hue ("a big square" between two colours), so every hue is
-    seen and a colour word means its own hue alone."""
+    seen and a colour word means its own hue alone. `unsized`: the share of captions without a size word
+    ("a red square" of any size); 0 draws nothing more, so the other values give the truths they gave."""
     if hues not in HUES:
         raise ValueError(f"hues must be one of {HUES}, not {hues!r}")
     shape = shape or SHAPES[rng.integers(len(SHAPES))]
@@ -113,7 +120,8 @@ def sample_truth(
     radius = rng.uniform(9, 12) if big else rng.uniform(5, 7.5)
     margin = radius + 1
     center = (rng.uniform(margin, SIZE - margin), rng.uniform(margin, SIZE - margin))
-    return Truth(shape, colour, hue, radius, center, big, named)
+    sized = not unsized or bool(rng.random() >= unsized)
+    return Truth(shape, colour, hue, radius, center, big, named, sized)
 
 
 def hue_apart(a: float, b: float) -> float:
@@ -132,8 +140,10 @@ def render(truth: Truth) -> np.ndarray:
     return np.round(coverage * hue_to_rgb(truth.hue) * 255).astype(np.uint8)
 
 
-def draw_batch(n: int, rng: np.random.Generator, hues: str = "near") -> tuple[np.ndarray, list[Truth]]:
-    truths = [sample_truth(rng, hues=hues) for _ in range(n)]
+def draw_batch(
+    n: int, rng: np.random.Generator, hues: str = "near", unsized: float = 0.0
+) -> tuple[np.ndarray, list[Truth]]:
+    truths = [sample_truth(rng, hues=hues, unsized=unsized) for _ in range(n)]
     return np.stack([render(t) for t in truths]), truths
 
 
