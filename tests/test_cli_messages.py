@@ -81,6 +81,12 @@ def test_an_unknown_device_is_a_usage_error(capsys):
     assert "unknown device 'gpu': use auto, cpu, cuda, cuda:N or mps" in capsys.readouterr().err
 
 
+def test_training_a_unet_on_without_its_vae_is_a_usage_error(tmp_path, capsys):
+    assert main(["train-toy", str(tmp_path / "toy"), "--unet-from", str(REPO / "models" / "toyworld")]) == 2
+    assert "--unet-from needs --vae-from" in capsys.readouterr().err
+    assert not (tmp_path / "toy").exists()  # said before anything was drawn or written
+
+
 @pytest.mark.parametrize("below", ["", "/sub"], ids=["the-file", "under-a-file"])
 def test_an_output_that_is_a_file_names_the_fix(tiny_model_dir, tmp_path, capsys, below):
     (tmp_path / "afile").write_text("not a folder")

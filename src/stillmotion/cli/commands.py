@@ -556,6 +556,8 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
 
     from ..toyworld.train import train_toy_model
 
+    if args.unet_from is not None and args.vae_from is None:
+        raise UsageError("--unet-from needs --vae-from (the VAE whose latents that UNet was trained on)")
     torch.set_num_threads(os.cpu_count() or 1)
     train_toy_model(
         args.dir,

@@ -134,7 +134,7 @@ class Source:
 
     @property
     def caption(self) -> str:
-        return self.truth.caption if self.sized else f"a {self.truth.colour} {self.truth.shape}"
+        return dataclasses.replace(self.truth, sized=self.sized).caption
 
 
 UNSEEN_SEED = 4321  # the unseen sources every sweep in benchmarks/RESULTS.md is measured on

@@ -180,6 +180,8 @@ def train_toy_model(
 
     if not 0 <= unsized <= 1:
         raise ValueError(f"unsized must be in [0, 1], not {unsized}")
+    if unet_from is not None and vae_from is None:  # a new VAE would give the UNet latents it never saw
+        raise ValueError(f"train the UNet of {unet_from} on with its own VAE: give vae_from (--vae-from) too")
     out = Path(out)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
