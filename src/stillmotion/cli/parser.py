@@ -483,8 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument(
         "--unet-from",
         metavar="MODEL_DIR",
-        help="train this model folder's UNet and text encoder on, instead of new ones (with --vae-from the "
-        "same folder: a longer training in two runs)",
+        help="train this model folder's UNet and text encoder on, instead of new ones; needs --vae-from, "
+        "the VAE they were trained with (the same folder: a longer training in two runs)",
     )
     toy.add_argument(
         "--lr",
