@@ -101,7 +101,7 @@ def test_training_script_writes_a_loadable_sd_layout_model(tmp_path):
         pairs = zip(getattr(sd, name).parameters(), getattr(on, name).parameters(), strict=True)
         assert all(torch.allclose(a, b, atol=1e-3) for a, b in pairs), name
     assert json.loads((tmp_path / "on" / "training.json").read_text())["unet_from"] == str(toy)
-    with pytest.raises(ValueError, match="vae_from"):  # a new VAE's latents are not the ones it learned
+    with pytest.raises(ValueError, match="needs --vae-from"):  # a new VAE: not its latents
         train_toy_model(tmp_path / "bad", unet_from=toy, log=lambda _: None)
 
 

@@ -554,10 +554,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_train_toy(args: argparse.Namespace) -> int:
     import torch
 
-    from ..toyworld.train import train_toy_model
+    from ..toyworld.train import check_recipe, train_toy_model
 
-    if args.unet_from is not None and args.vae_from is None:
-        raise UsageError("--unet-from needs --vae-from (the VAE whose latents that UNet was trained on)")
+    try:
+        check_recipe(args.unsized, args.vae_from, args.unet_from)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     torch.set_num_threads(os.cpu_count() or 1)
     train_toy_model(
         args.dir,

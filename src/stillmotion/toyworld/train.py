@@ -154,6 +154,15 @@ def train_denoiser(
     return ema_unet, ema_text, step
 
 
+def check_recipe(unsized: float, vae_from, unet_from) -> None:
+    """ValueError for a recipe that cannot train: `unsized` outside [0, 1], or a UNet trained on (`unet_from`)
+    with a new VAE, whose latents are not the ones it learned."""
+    if not 0 <= unsized <= 1:
+        raise ValueError(f"unsized must be in [0, 1], not {unsized}")
+    if unet_from is not None and vae_from is None:
+        raise ValueError("--unet-from needs --vae-from (the VAE whose latents that UNet was trained on)")
+
+
 def train_toy_model(
     out: str | Path,
     vae_steps: int = 1000,
@@ -178,15 +187,10 @@ def train_toy_model(
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    if not 0 <= unsized <= 1:
-        raise ValueError(f"unsized must be in [0, 1], not {unsized}")
-    if unet_from is not None and vae_from is None:  # a new VAE would give the UNet latents it never saw
-        raise ValueError(f"train the UNet of {unet_from} on with its own VAE: give vae_from (--vae-from) too")
+    check_recipe(unsized, vae_from, unet_from)
     out = Path(out)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    pixels, truths = draw_batch(images, np.random.default_rng(seed), hues, unsized)
-    captions = [truth.caption for truth in truths]
     vocab_size = write_clip_tokenizer(out / "tokenizer", tuple(vocabulary()))
     tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
     vae, unet, text_encoder = build_models(vocab_size)
@@ -200,6 +204,10 @@ def train_toy_model(
             raise ValueError(
                 f"{unet_from}'s text encoder knows {text_encoder.config.vocab_size} tokens, not {vocab_size}"
             )
+    # the data after the models (numpy's generator, not torch's: the same weights), so a folder that
+    # cannot be trained on fails before minutes of drawing
+    pixels, truths = draw_batch(images, np.random.default_rng(seed), hues, unsized)
+    captions = [truth.caption for truth in truths]
     started = time.monotonic()
     if vae_from is None:
         log(f"training the VAE for {vae_steps} steps on {images} images")
