@@ -219,6 +219,23 @@ def test_feature_injection_travels_with_the_model_and_a_bad_layer_is_named(
         ModelDefaults.of_folder(own_defaults_model)
 
 
+def test_a_models_inversion_regularization_travels_with_it_and_keys_the_inversion(own_defaults_model):
+    defaults = json.loads((own_defaults_model / "stillmotion.json").read_text())
+    defaults["method_defaults"]["reg_steps"] = 0
+    (own_defaults_model / "stillmotion.json").write_text(json.dumps(defaults))
+    own = ModelDefaults.of_folder(own_defaults_model)
+    plain, sources = MethodParams().resolve(own, synthetic=False)
+    regularized, sd_sources = MethodParams().resolve(ModelDefaults(), synthetic=False)
+    assert (plain.reg_steps, sources["reg_steps"]) == (0, "model")
+    assert regularized.reg_steps == 5 and "reg_steps" not in sd_sources  # Stable Diffusion: pix2pix-zero's
+    assert plain.stage_fields("invert") != regularized.stage_fields("invert")  # not served the other's x_T
+    for bad, error in ((2.5, "reg_steps must be a whole number"), (-1, "reg_steps must be in 0..")):
+        defaults["method_defaults"]["reg_steps"] = bad
+        (own_defaults_model / "stillmotion.json").write_text(json.dumps(defaults))
+        with pytest.raises(ValueError, match=error):
+            ModelDefaults.of_folder(own_defaults_model)
+
+
 def test_a_given_bound_of_the_empty_negatives_window_takes_the_methods_other_bound(
     own_defaults_model, tmp_path
 ):

@@ -104,6 +104,28 @@ def test_inversion_matches_pix2pix_zero_invert(sd):
     assert (again[0] - ours).abs().max() > 1e-3
 
 
+def test_inversion_without_regularization_is_pix2pix_zeros_with_none(sd):
+    """reg_steps 0 (a model's default may say so) is plain DDIM inversion: pix2pix-zero with no
+    regularization steps; it differs from the regularized x_T."""
+    steps, caption, seed = 5, "a photo of a cat", 11
+    image = PIL.Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    cond, _ = encode_text(sd.tokenizer, sd.text_encoder, [caption])
+
+    def ours(reg_steps):
+        params = MethodParams(steps=steps, encode="sample", seed=seed, reg_steps=reg_steps)
+        generator = seeded_generator(seed)
+        latents = encode_latents(sd.vae, pil_to_tensor(image), "sample", generator)
+        return invert(sd.unet, sd.scheduler_config, latents, cond, params, generator, min_roll=0)
+
+    with pix2pix_zero_pipeline(sd) as pipe:
+        theirs = pipe.invert(
+            caption, image=image, num_inference_steps=steps, generator=seeded_generator(seed), num_reg_steps=0
+        ).latents
+    plain = ours(0)
+    torch.testing.assert_close(plain, theirs, atol=ATOL, rtol=1e-4)
+    assert (plain - ours(None)).abs().max() > 1e-3  # None: pix2pix-zero's 5
+
+
 @pytest.mark.parametrize("guidance", [0.0, 10.0])
 def test_cfg_scale_one_is_pix2pix_zeros_one_copy_path(sd, guidance):
     """At CFG scale 1 pix2pix-zero runs one conditional copy and guides it by that copy's maps.

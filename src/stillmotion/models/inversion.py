@@ -77,7 +77,7 @@ def regularize_noise(
     """pix2pix-zero's noise regularization: gradient steps on the two losses, in fp32."""
     noise = noise.detach().float()
     with torch.enable_grad():
-        for _ in range(params.reg_steps):
+        for _ in range(params.regularization_steps):
             if params.lambda_auto_corr > 0:
                 for _ in range(params.auto_corr_rolls):
                     var = noise.clone().requires_grad_(True)

@@ -112,7 +112,7 @@ class MethodParams:
     insertion: Insertion = "adaptive"
     candidates: int = 1  # best of N: key frames rendered N ways (see models/candidates.py), the best kept
     # regularized inversion (pix2pix-zero's defaults)
-    reg_steps: int = 5  # outer regularization iterations per inversion step
+    reg_steps: int | None = None  # outer regularization iterations per inversion step; None: the model's (5)
     auto_corr_rolls: int = 5  # auto-correlation pyramid steps per outer iteration
     lambda_auto_corr: float = 20.0  # weight of the auto-correlation gradient
     lambda_kl: float = 20.0  # weight of the KL-to-N(0,1) gradient
@@ -170,6 +170,8 @@ class MethodParams:
             raise ValueError(f"fps must be in {MIN_FPS}..{MAX_FPS}, got {self.fps}")
         if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps must be in 1..{MAX_STEPS}, got {self.steps}")
+        if self.reg_steps is not None and not 0 <= self.reg_steps <= MAX_STEPS:
+            raise ValueError(f"reg_steps must be in 0..{MAX_STEPS}, got {self.reg_steps}")
         if self.xa_guidance is not None and not (self.xa_guidance >= 0 and self.xa_guidance != float("inf")):
             raise ValueError(f"xa_guidance must be finite and >= 0, got {self.xa_guidance}")
         if self.curve not in ("log", "linear"):
@@ -280,6 +282,12 @@ class MethodParams:
         return 0.0 if self.edit_from is None else self.edit_from
 
     @property
+    def regularization_steps(self) -> int:
+        """The inversion's regularization iterations per step: the user's, else pix2pix-zero's 5 (see
+        `resolve`)."""
+        return ModelDefaults.reg_steps if self.reg_steps is None else self.reg_steps
+
+    @property
     def injection_share(self) -> float:
         """The share of the steps with feature injection: the user's, else 0 (see `resolve`)."""
         return 0.0 if self.inject_features is None else self.inject_features
@@ -372,6 +380,7 @@ class MethodParams:
             ("inject_features", self.inject_features, f"inject_features_{mode}"),
             ("inject_layers", self.inject_layers, "inject_layers"),
             ("inject_mode", self.inject_mode, "inject_mode"),
+            ("reg_steps", self.reg_steps, "reg_steps"),
         ):
             values[name] = given if given is not None else getattr(defaults, default)
             source = "given" if given is not None else defaults.source_of(default)
@@ -432,6 +441,7 @@ class ModelDefaults:
     inject_features_synthetic: float = 0.0
     inject_layers: tuple[str, ...] = DEFAULT_INJECT_LAYERS
     inject_mode: str = "replace"
+    reg_steps: int = 5  # the inversion's regularization iterations per step (pix2pix-zero's 5)
     from_model: frozenset[str] = frozenset()  # the names the model folder set
 
     def source_of(self, name: str) -> str:
@@ -465,14 +475,17 @@ class ModelDefaults:
                 else _strings(value)
                 if name in ("direction_templates", "inject_layers")
                 else _whole(name, value)
-                if name == "steps"
+                if name in ("steps", "reg_steps")
                 else float(value)
                 for name, value in values.items()
             }
             defaults = cls(**typed, from_model=frozenset(values))
             # the same checks as a value given by a user
             MethodParams(
-                cfg_scale=defaults.cfg_scale, xa_guidance=defaults.xa_guidance_real, steps=defaults.steps
+                cfg_scale=defaults.cfg_scale,
+                xa_guidance=defaults.xa_guidance_real,
+                steps=defaults.steps,
+                reg_steps=defaults.reg_steps,
             )
             MethodParams(xa_guidance=defaults.xa_guidance_synthetic, cross_frame=defaults.cross_frame)
             MethodParams(
