@@ -213,23 +213,23 @@ def test_edits_with_the_model_defaults_follow_the_prompt_and_keep_the_structure(
     default = edit_rows["default"]
     assert default["edits"] == 12
     # measured on the model trained with unsized captions, with plain DDIM inversion, layout injection for
-    # 0.7 of the steps and the neutral negative for the last 20% (issue 30, eighth session); in brackets
+    # 0.7 of the steps and the neutral negative for the last 30% (issue 30, eighth session); in brackets
     # the `--hues named` model with pix2pix-zero's regularized inversion (sixth session), the one before
     assert default["colour_fidelity"] >= 0.83, default  # measured 0.917 (0.917)
-    assert default["shape_kept"] >= 0.8, default  # 0.917 (1.0)
-    assert default["mask_iou"] >= 0.82, default  # 0.859 (0.879)
-    assert default["last_iou"] >= 0.78, default  # 0.854 (0.832): the last key frame keeps the shape
+    assert default["shape_kept"] >= 0.8, default  # 1.0 (1.0)
+    assert default["mask_iou"] >= 0.82, default  # 0.849 (0.879)
+    assert default["last_iou"] >= 0.76, default  # 0.828 (0.832): the last key frame keeps the shape
     assert default["hollow_last"] <= 0.1, default  # 0.0 (0.0)
     assert default["detours"] <= 0.1, default  # 0.0: no third colour on the way (plain: 0.167)
-    assert default["edge_ssim"] >= 0.56, default  # 0.617 (0.579)
+    assert default["edge_ssim"] >= 0.56, default  # 0.613 (0.579)
 
 
 def test_feature_injection_improves_structure_without_losing_fidelity(edit_rows):
     plain, default = edit_rows["plain"], edit_rows["default"]
     # on these 12 edits (the model's defaults; in brackets the model before, with the regularized
-    # inversion): last IoU 0.741 -> 0.854 (0.553 -> 0.832), edge SSIM 0.547 -> 0.617, detours 0.167 -> 0,
-    # fidelity 0.833 -> 0.917 (the same). The mean mask IoU over the frames no longer moves (0.863 ->
-    # 0.859; 0.746 -> 0.879 before): plain inversion's source frame already holds the shape through the
+    # inversion): last IoU 0.744 -> 0.828 (0.553 -> 0.832), edge SSIM 0.551 -> 0.613, detours 0.167 -> 0,
+    # fidelity 0.833 -> 0.917 (the same). The mean mask IoU over the frames no longer rises (0.865 ->
+    # 0.849; 0.746 -> 0.879 before): plain inversion's source frame already holds the shape through the
     # early frames, and injection keeps it to the last key frame
     assert default["last_iou"] >= plain["last_iou"] + 0.07, (plain, default)
     assert default["edge_ssim"] >= plain["edge_ssim"] + 0.03, (plain, default)
@@ -239,10 +239,10 @@ def test_feature_injection_improves_structure_without_losing_fidelity(edit_rows)
 
 def test_cross_attention_guidance_improves_edges_and_colour_path_without_losing_fidelity(edit_rows):
     plain, guided = edit_rows["plain"], edit_rows["guided"]
-    # without injection (the toy model's method before it), the model's other defaults: edge SSIM 0.547 ->
-    # 0.597, detours 0.167 -> 0, fidelity 0.833 -> 1.0, last IoU 0.741 -> 0.747. With the regularized
+    # without injection (the toy model's method before it), the model's other defaults: edge SSIM 0.551 ->
+    # 0.600, detours 0.167 -> 0, fidelity 0.833 -> 1.0, last IoU 0.744 -> 0.740. With the regularized
     # inversion of the model before, guidance also held the mask (0.746 -> 0.789, last 0.553 -> 0.689);
-    # with plain inversion the source frame holds it already, and guidance 8.5 costs some (0.863 -> 0.803)
+    # with plain inversion the source frame holds it already, and guidance 8.5 costs some (0.865 -> 0.801)
     assert guided["edge_ssim"] >= plain["edge_ssim"] + 0.03, (plain, guided)
     assert guided["detours"] < plain["detours"], (plain, guided)
     assert guided["colour_fidelity"] >= plain["colour_fidelity"], (plain, guided)
@@ -272,7 +272,7 @@ def test_the_issues_schedule_lands_each_segment_on_its_colour(toy_sd):
 def test_the_readmes_real_mode_example_ends_on_its_colour(tmp_path):
     """The README's real-mode toy example, as a user runs it: a red circle on a 300 x 200 black image,
     "a big red circle" -> "a big blue circle", the model's defaults. Issue 30 reported this edit ending
-    cyan (192); measured now 339 307 283 262 245 240, last IoU 0.96."""
+    cyan (192); measured now 340 308 284 263 246 240, last IoU 0.83."""
     import PIL.Image
     import PIL.ImageDraw
 
