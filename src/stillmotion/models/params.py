@@ -112,7 +112,9 @@ class MethodParams:
     insertion: Insertion = "adaptive"
     candidates: int = 1  # best of N: key frames rendered N ways (see models/candidates.py), the best kept
     # regularized inversion (pix2pix-zero's defaults)
-    reg_steps: int | None = None  # outer regularization iterations per inversion step; None: the model's (5)
+    # outer regularization iterations per inversion step (0: plain DDIM inversion); None: the model's (5 for
+    # Stable Diffusion); a model default only, not a column or flag
+    reg_steps: int | None = None
     auto_corr_rolls: int = 5  # auto-correlation pyramid steps per outer iteration
     lambda_auto_corr: float = 20.0  # weight of the auto-correlation gradient
     lambda_kl: float = 20.0  # weight of the KL-to-N(0,1) gradient
@@ -283,8 +285,8 @@ class MethodParams:
 
     @property
     def regularization_steps(self) -> int:
-        """The inversion's regularization iterations per step: the user's, else pix2pix-zero's 5 (see
-        `resolve`)."""
+        """The inversion's regularization iterations per step: the resolved value (the model's), else
+        pix2pix-zero's 5 (see `resolve`)."""
         return ModelDefaults.reg_steps if self.reg_steps is None else self.reg_steps
 
     @property
