@@ -85,6 +85,10 @@ def test_training_a_unet_on_without_its_vae_is_a_usage_error(tmp_path, capsys):
     assert main(["train-toy", str(tmp_path / "toy"), "--unet-from", str(REPO / "models" / "toyworld")]) == 2
     assert "--unet-from needs --vae-from" in capsys.readouterr().err
     assert not (tmp_path / "toy").exists()  # said before anything was drawn or written
+    # a small share that leaves out one size is refused the same way, by name
+    assert main(["train-toy", str(tmp_path / "toy"), "--small", "1"]) == 2
+    assert "small must be in (0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "toy").exists()
 
 
 @pytest.mark.parametrize("below", ["", "/sub"], ids=["the-file", "under-a-file"])

@@ -101,8 +101,23 @@ def test_training_script_writes_a_loadable_sd_layout_model(tmp_path):
         pairs = zip(getattr(sd, name).parameters(), getattr(on, name).parameters(), strict=True)
         assert all(torch.allclose(a, b, atol=1e-3) for a, b in pairs), name
     assert json.loads((tmp_path / "on" / "training.json").read_text())["unet_from"] == str(toy)
+    # and the latents keep the scale that UNet learned on, not one from this run's (other) images
+    assert on.vae.config.scaling_factor == sd.vae.config.scaling_factor
     with pytest.raises(ValueError, match="needs --vae-from"):  # a new VAE: not its latents
         train_toy_model(tmp_path / "bad", unet_from=toy, log=lambda _: None)
+
+
+def test_shape_weights_weigh_the_latent_pixels_a_shape_touches():
+    from stillmotion.toyworld.train import shape_weights
+
+    images = draw_batch(2, np.random.default_rng(3))[0]
+    images = np.concatenate([images, np.zeros_like(images[:1])])  # and an image with no shape at all
+    weights = shape_weights(images, 8, 4.0)
+    assert weights.shape == (3, 1, 8, 8) and set(weights.unique().tolist()) == {1.0, 5.0}
+    for image, weight in zip(images[:2], weights[:2], strict=True):  # a block with any of the shape: 1 + 4
+        blocks = image.max(axis=-1).reshape(8, 4, 8, 4).max(axis=(1, 3)) > 0
+        assert blocks.any() and np.array_equal(weight[0].numpy() == 5.0, blocks)
+    assert bool((weights[2] == 1).all())
 
 
 def test_every_colour_and_shape_is_drawn():
@@ -163,6 +178,15 @@ def test_unsized_captions_leave_the_size_word_out_of_that_share_and_nothing_else
     # the picture is the truth's, whatever its caption says of it
     assert all(np.array_equal(image, render(t)) for image, t in zip(images[:50], truths[:50], strict=True))
     assert all(t.sized for t in draw_batch(200, np.random.default_rng(5), "named")[1])  # the default: 0
+
+
+def test_the_small_share_draws_that_share_of_small_shapes():
+    truths = draw_batch(800, np.random.default_rng(5), hues="named", small=0.75)[1]
+    assert 0.7 < 1 - np.mean([t.big for t in truths]) < 0.8
+    assert all((5 <= t.radius <= 7.5) != t.big for t in truths)  # each size class keeps its own radii
+    assert {t.caption.split()[1] for t in truths if t.sized and not t.big} == {"small"}
+    fewer = draw_batch(800, np.random.default_rng(5), hues="named", small=0.25)[1]
+    assert 0.2 < 1 - np.mean([t.big for t in fewer]) < 0.3
 
 
 # Quality floors of the committed toy-world model (models/toyworld; the full sweep is in

@@ -557,7 +557,7 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
     from ..toyworld.train import check_recipe, train_toy_model
 
     try:
-        check_recipe(args.unsized, args.vae_from, args.unet_from)
+        check_recipe(args.unsized, args.vae_from, args.unet_from, args.small)
     except ValueError as error:
         raise UsageError(str(error)) from None
     torch.set_num_threads(os.cpu_count() or 1)
@@ -575,6 +575,8 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
         unsized=args.unsized,
         unet_from=args.unet_from,
         lr=args.lr,
+        small=args.small,
+        shape_weight=args.shape_weight or 0.0,
     )
     return EXIT_OK
 

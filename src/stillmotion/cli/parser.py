@@ -500,6 +500,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of training captions without a size word ('a red square' of any size), so a caption "
         "without one is one the model knows (0: every caption names big or small)",
     )
+    toy.add_argument(
+        "--small",
+        type=float,
+        default=0.5,
+        metavar="SHARE",
+        help="share of training shapes drawn small (0.5: as many small as big); more of them teaches the "
+        "shapes a few latent pixels wide that the model draws worst",
+    )
+    toy.add_argument(
+        "--shape-weight",
+        type=_positive_float,
+        default=None,
+        metavar="W",
+        help="weigh the latent pixels a shape touches 1 + W times the background's in the denoiser's loss "
+        "(default: all alike), so the shape's outline, a few latent pixels, is not lost in the mean",
+    )
     toy.add_argument("--seed", type=_positive("--seed", 0), default=0)
 
     tiny = commands.add_parser(

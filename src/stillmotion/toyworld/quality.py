@@ -284,9 +284,9 @@ def score_source(
 
 
 def sampling_accuracy(
-    sd: StableDiffusion, per_prompt: int, steps: int = 25, cfg: float = 3.0, seed: int = 0
+    sd: StableDiffusion, per_prompt: int, steps: int = 25, cfg: float = 3.0, seed: int = 0, size: str = "big"
 ) -> dict:
-    """How often the model's own samples of "a big <colour> <shape>" have that colour and shape.
+    """How often the model's own samples of "a <size> <colour> <shape>" have that colour and shape.
 
     Text-to-image with diffusers' own pipeline over the model's components, judged by `judge`.
     """
@@ -308,7 +308,7 @@ def sampling_accuracy(
     wanted = [(colour, shape) for colour in COLOURS for shape in SHAPES for _ in range(per_prompt)]
     generators = [torch.Generator().manual_seed(seed + i % per_prompt) for i in range(len(wanted))]
     images = pipe(
-        [f"a big {colour} {shape}" for colour, shape in wanted],
+        [f"a {size} {colour} {shape}" for colour, shape in wanted],
         num_inference_steps=steps,
         guidance_scale=cfg,
         height=sd.image_size,
@@ -475,9 +475,11 @@ class CaseScore:
     vae_hue_error: float | None = None  # real: the VAE round trip alone against the input
     seconds: float = 0.0
     key_hues: list = field(default_factory=list)
+    key_shapes: list = field(default_factory=list)  # each key frame's shape as judged (None: nothing drawn)
     hues: list = field(default_factory=list)
     variant: str = ""
     source_hue: float | None = None
+    source_shape: str | None = None  # the source's shape as judged: what every key frame should keep
     # the step from the first frame to the second (mean absolute pixel change) over the largest of the
     # video's other steps: the hand-off from the source frame is no larger than the others when <= 1
     first_step_ratio: float = 0.0
@@ -604,9 +606,11 @@ def score_cases(
             first.colour == case.colour and first.shape == case.shape,
             seconds=seconds,
             key_hues=[None if v.hue is None else round(float(v.hue), 1) for v in key_verdicts],
+            key_shapes=[v.shape for v in key_verdicts],
             hues=[None if v.hue is None else round(float(v.hue), 1) for v in verdicts],
             variant=variant,
             source_hue=float(source_hue),
+            source_shape=source_verdict.shape,
             first_step_ratio=float(steps[0] / max(steps[1:].max(), 1e-9)),
         )
         if case.mode == "real":

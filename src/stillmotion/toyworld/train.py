@@ -110,10 +110,21 @@ def encode_all(vae, images: np.ndarray) -> torch.Tensor:
 
 
 def train_denoiser(
-    unet, text_encoder, tokenizer, latents, captions, steps, generator, log, minutes=None, lr=5e-4
+    unet,
+    text_encoder,
+    tokenizer,
+    latents,
+    captions,
+    steps,
+    generator,
+    log,
+    minutes=None,
+    lr=5e-4,
+    weights: torch.Tensor | None = None,
 ):
     """Joint UNet + text encoder training on epsilon MSE, the learning rate decaying from `lr` to 0 on a
-    cosine; returns EMA copies of both."""
+    cosine; returns EMA copies of both. `weights` (N, 1, h, w): each latent pixel's weight in the MSE
+    (None: all alike)."""
     from diffusers import DDPMScheduler
 
     noise_schedule = DDPMScheduler.from_config({**SD14_SCHEDULER, "_class_name": "DDPMScheduler"})
@@ -139,7 +150,11 @@ def train_denoiser(
         pred = unet(
             noise_schedule.add_noise(x0, noise, t), t, encoder_hidden_states=text_encoder(ids)[0]
         ).sample
-        loss = F.mse_loss(pred, noise)
+        if weights is None:
+            loss = F.mse_loss(pred, noise)
+        else:  # a weighted mean: the loss keeps its scale, the weighted pixels their larger share
+            weight = weights[index].expand_as(pred)
+            loss = (weight * (pred - noise) ** 2).sum() / weight.sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -154,11 +169,20 @@ def train_denoiser(
     return ema_unet, ema_text, step
 
 
-def check_recipe(unsized: float, vae_from, unet_from) -> None:
-    """ValueError for a recipe that cannot train: `unsized` outside [0, 1], or a UNet trained on (`unet_from`)
-    with a new VAE, whose latents are not the ones it learned."""
+def shape_weights(pixels: np.ndarray, side: int, weight: float) -> torch.Tensor:
+    """(N, H, W, 3) uint8 images -> (N, 1, side, side) loss weights on their latent grid: 1 + `weight` on
+    a latent pixel whose block of image pixels holds any of the shape, 1 on the black around it."""
+    touched = torch.from_numpy(pixels.max(axis=-1) > 0).float()[:, None]
+    return 1 + weight * F.max_pool2d(touched, pixels.shape[1] // side)
+
+
+def check_recipe(unsized: float, vae_from, unet_from, small: float = 0.5) -> None:
+    """ValueError for a recipe that cannot train: `unsized` outside [0, 1], `small` outside (0, 1), or a
+    UNet trained on (`unet_from`) with a new VAE, whose latents are not the ones it learned."""
     if not 0 <= unsized <= 1:
         raise ValueError(f"unsized must be in [0, 1], not {unsized}")
+    if not 0 < small < 1:
+        raise ValueError(f"small must be in (0, 1) (both sizes are drawn), not {small}")
     if unet_from is not None and vae_from is None:
         raise ValueError("--unet-from needs --vae-from (the VAE whose latents that UNet was trained on)")
 
@@ -177,17 +201,20 @@ def train_toy_model(
     unsized: float = 0.0,
     unet_from: str | Path | None = None,
     lr: float = 5e-4,
+    small: float = 0.5,
+    shape_weight: float = 0.0,
 ) -> Path:
     """Draw the data, train VAE then UNet + text encoder, save everything in the SD layout.
 
     `vae_from`: a model folder whose VAE is taken as it is, instead of training one (the UNet's latents are
     encoded by it from this run's images). `unet_from`: a model folder whose UNet and text encoder this run
     trains on from (a longer schedule in two runs, or the same model on other captions); `lr` is the peak of
-    the denoiser's learning rate. `unsized`: the share of captions without a size word (sample_truth)."""
+    the denoiser's learning rate. `unsized`: the share of captions without a size word, `small` the share
+    of small shapes (sample_truth)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    check_recipe(unsized, vae_from, unet_from)
+    check_recipe(unsized, vae_from, unet_from, small)
     out = Path(out)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -206,7 +233,7 @@ def train_toy_model(
             )
     # the data after the models (numpy's generator, not torch's: the same weights), so a folder that
     # cannot be trained on fails before minutes of drawing
-    pixels, truths = draw_batch(images, np.random.default_rng(seed), hues, unsized)
+    pixels, truths = draw_batch(images, np.random.default_rng(seed), hues, unsized, small)
     captions = [truth.caption for truth in truths]
     started = time.monotonic()
     if vae_from is None:
@@ -221,13 +248,25 @@ def train_toy_model(
         log(f"time cap: the VAE stopped after {vae_done} of {vae_steps} steps")
     vae.eval().requires_grad_(False)
     means = encode_all(vae, pixels)
-    vae.register_to_config(scaling_factor=float(1 / means.std()))
+    if unet_from is None:  # unit-variance latents; a UNet trained on keeps the scale it learned on
+        vae.register_to_config(scaling_factor=float(1 / means.std()))
     latents = means * vae.config.scaling_factor
     scale = vae.config.scaling_factor
     log(f"training UNet + text encoder for {unet_steps} steps (scaling factor {scale:.3f})")
     started = time.monotonic()
+    weights = shape_weights(pixels, latents.shape[-1], shape_weight) if shape_weight else None
     unet, text_encoder, steps = train_denoiser(
-        unet, text_encoder, tokenizer, latents, captions, unet_steps, generator, log, unet_minutes, lr
+        unet,
+        text_encoder,
+        tokenizer,
+        latents,
+        captions,
+        unet_steps,
+        generator,
+        log,
+        unet_minutes,
+        lr,
+        weights=weights,
     )
     unet_seconds = time.monotonic() - started
     if steps < unet_steps:
@@ -240,6 +279,8 @@ def train_toy_model(
         "images": images,
         "hues": hues,
         "unsized": unsized,
+        **({"small": small} if small != 0.5 else {}),
+        **({"shape_weight": shape_weight} if shape_weight else {}),
         **({"vae_from": str(vae_from)} if vae_from is not None else {}),
         **({"unet_from": str(unet_from)} if unet_from is not None else {}),
         "lr": lr,

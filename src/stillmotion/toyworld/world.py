@@ -88,6 +88,7 @@ def sample_truth(
     colour: str | None = None,
     hues: str = "near",
     unsized: float = 0.0,
+    small: float = 0.5,
 ) -> Truth:
     """One random truth. `hues="near"`: the hue within 12 degrees of the named colour; `"full"`: uniform
     on the colour's whole cell of the hue circle (every hue nearer to it than to another named colour), so
@@ -97,7 +98,8 @@ def sample_truth(
     images within NAMED_DEGREES of the named colour, half uniform on the whole circle, and a caption names
     the colour only within NAMED_DEGREES of its hue ("a big square" between two colours), so every hue is
     seen and a colour word means its own hue alone. `unsized`: the share of captions without a size word
-    ("a red square" of any size); 0 draws nothing more, so the other values give the truths they gave."""
+    ("a red square" of any size); 0 draws nothing more, so the other values give the truths they gave.
+    `small`: the share of small shapes (0.5 draws the size class as before)."""
     if hues not in HUES:
         raise ValueError(f"hues must be one of {HUES}, not {hues!r}")
     shape = shape or SHAPES[rng.integers(len(SHAPES))]
@@ -116,7 +118,7 @@ def sample_truth(
         hue = COLOURS[colour] + rng.uniform(-12, 12)
     elif hues != "named":
         hue = rng.uniform(*colour_cell(colour)) % 360
-    big = bool(rng.integers(2))
+    big = bool(rng.integers(2)) if small == 0.5 else bool(rng.random() >= small)
     radius = rng.uniform(9, 12) if big else rng.uniform(5, 7.5)
     margin = radius + 1
     center = (rng.uniform(margin, SIZE - margin), rng.uniform(margin, SIZE - margin))
@@ -141,9 +143,9 @@ def render(truth: Truth) -> np.ndarray:
 
 
 def draw_batch(
-    n: int, rng: np.random.Generator, hues: str = "near", unsized: float = 0.0
+    n: int, rng: np.random.Generator, hues: str = "near", unsized: float = 0.0, small: float = 0.5
 ) -> tuple[np.ndarray, list[Truth]]:
-    truths = [sample_truth(rng, hues=hues, unsized=unsized) for _ in range(n)]
+    truths = [sample_truth(rng, hues=hues, unsized=unsized, small=small) for _ in range(n)]
     return np.stack([render(t) for t in truths]), truths
 
 
