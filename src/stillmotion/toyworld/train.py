@@ -210,7 +210,7 @@ def train_toy_model(
     encoded by it from this run's images). `unet_from`: a model folder whose UNet and text encoder this run
     trains on from (a longer schedule in two runs, or the same model on other captions); `lr` is the peak of
     the denoiser's learning rate. `unsized`: the share of captions without a size word, `small` the share
-    of small shapes (sample_truth)."""
+    of small shapes (sample_truth). `shape_weight` > 0 weighs the denoiser's loss (shape_weights)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
