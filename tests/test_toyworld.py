@@ -105,6 +105,9 @@ def test_training_script_writes_a_loadable_sd_layout_model(tmp_path):
     assert on.vae.config.scaling_factor == sd.vae.config.scaling_factor
     with pytest.raises(ValueError, match="needs --vae-from"):  # a new VAE: not its latents
         train_toy_model(tmp_path / "bad", unet_from=toy, log=lambda _: None)
+    with pytest.raises(ValueError, match="shape_weight must be"):  # refused before anything is drawn
+        train_toy_model(tmp_path / "bad", shape_weight=-1, log=lambda _: None)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_shape_weights_weigh_the_latent_pixels_a_shape_touches():

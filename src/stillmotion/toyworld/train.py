@@ -176,13 +176,16 @@ def shape_weights(pixels: np.ndarray, side: int, weight: float) -> torch.Tensor:
     return 1 + weight * F.max_pool2d(touched, pixels.shape[1] // side)
 
 
-def check_recipe(unsized: float, vae_from, unet_from, small: float = 0.5) -> None:
-    """ValueError for a recipe that cannot train: `unsized` outside [0, 1], `small` outside (0, 1), or a
-    UNet trained on (`unet_from`) with a new VAE, whose latents are not the ones it learned."""
+def check_recipe(unsized: float, vae_from, unet_from, small: float = 0.5, shape_weight: float = 0.0) -> None:
+    """ValueError for a recipe that cannot train: `unsized` outside [0, 1], `small` outside (0, 1), a
+    negative `shape_weight`, or a UNet trained on (`unet_from`) with a new VAE, whose latents are not the
+    ones it learned."""
     if not 0 <= unsized <= 1:
         raise ValueError(f"unsized must be in [0, 1], not {unsized}")
     if not 0 < small < 1:
         raise ValueError(f"small must be in (0, 1) (both sizes are drawn), not {small}")
+    if not 0 <= shape_weight < float("inf"):
+        raise ValueError(f"shape_weight must be a finite number >= 0, not {shape_weight}")
     if unet_from is not None and vae_from is None:
         raise ValueError("--unet-from needs --vae-from (the VAE whose latents that UNet was trained on)")
 
@@ -214,7 +217,7 @@ def train_toy_model(
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    check_recipe(unsized, vae_from, unet_from, small)
+    check_recipe(unsized, vae_from, unet_from, small, shape_weight)
     out = Path(out)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
