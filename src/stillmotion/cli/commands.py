@@ -576,7 +576,7 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
         unet_from=args.unet_from,
         lr=args.lr,
         small=args.small,
-        shape_weight=args.shape_weight or 0.0,
+        shape_weight=args.shape_weight,
     )
     return EXIT_OK
 

@@ -511,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument(
         "--shape-weight",
         type=_positive_float,
-        default=None,
+        default=0.0,
         metavar="W",
         help="weigh the latent pixels a shape touches 1 + W times the background's in the denoiser's loss "
         "(default: all alike), so the shape's outline, a few latent pixels, is not lost in the mean",
